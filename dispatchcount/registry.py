@@ -15,6 +15,7 @@ decomposition, then the convention's resolvers (rules by tag or family), else UN
 
 from __future__ import annotations
 
+import warnings
 from typing import Any, Callable, Iterable, Union
 
 import torch
@@ -122,9 +123,12 @@ def register_resolver(convention: str, resolver: Callable[[OpOverload], Any]) ->
 
 
 def _has_composite_implicit(op: OpOverload) -> bool:
-    return torch._C._dispatch_has_kernel_for_dispatch_key(
-        op.name(), torch._C.DispatchKey.CompositeImplicitAutograd
-    )
+    try:
+        return torch._C._dispatch_has_kernel_for_dispatch_key(
+            op.name(), torch._C.DispatchKey.CompositeImplicitAutograd
+        )
+    except RuntimeError:  # not a dispatcher op (e.g. the JIT's prim::device)
+        return False
 
 
 def _without_out_kwarg(formula: Formula) -> Formula:
@@ -150,7 +154,11 @@ def _resolve_uncached(op: OpOverload, convention: str) -> Any:
     if _has_composite_implicit(op):
         return DECOMPOSE
     for resolver in _resolvers[convention]:
-        rule = resolver(op)
+        try:
+            rule = resolver(op)
+        except Exception as error:  # a broken resolver must not break the user's run
+            warnings.warn(f"dispatchcount: resolver {resolver!r} failed on {op}: {error!r}", stacklevel=2)
+            continue
         if rule is not None:
             return rule
     return UNSUPPORTED

@@ -5,12 +5,16 @@ appendix: Vanilla-VMamba-T 22.9M / 5.63G, VMamba-T [s1l8] 30.2M / 4.91G)."""
 from __future__ import annotations
 
 import math
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 
-from dispatchcount import FlopMode
-from examples.vmamba import DropPath, vmamba_tiny_s1l8, vmamba_tiny_v0
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root: examples/
+
+from dispatchcount import FlopMode  # noqa: E402
+from examples.vmamba import DropPath, vmamba_tiny_s1l8, vmamba_tiny_v0  # noqa: E402
 
 DIMS = (96, 192, 384, 768)
 GRIDS = (56, 28, 14, 7)  # token grid side per stage for a 224x224 image (stride 4, then /2)

@@ -139,7 +139,7 @@ def main() -> None:
     head = 2 * batch * T * cfg.dim * cfg.vocab
     root_mm = sum(own_ops(fm, model, "", phase="forward").get(op, 0) for op in matmul_ops)
     print(f"tied head F.linear(x, tok_emb.weight), charged to the root itself: {root_mm:,} "
-          f"(2 * tokens * dim * vocab = {head:,}); to tok_emb: {fm.by_module().get('tok_emb', 0):,}")
+          f"(2 * tokens * dim * vocab = {head:,}); to tok_emb: {fm.by_module(phase='forward')['tok_emb']:,}")
 
 
 def own_ops(fm: FlopMode, model: nn.Module, name: str, phase: str | None = None) -> dict[str, int]:

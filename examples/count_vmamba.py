@@ -17,7 +17,6 @@ What it shows, for Vanilla-VMamba-T (``vmamba_tiny_v0``) and VMamba-T s1l8 (``vm
 
 from __future__ import annotations
 
-import math
 import sys
 import time
 from pathlib import Path
@@ -108,7 +107,7 @@ def show_drop_path() -> None:
 def real_forward_backward(size: int = 64) -> None:
     torch.manual_seed(0)
     model = vmamba_tiny_v0(num_classes=10).eval()
-    image = torch.randn(2, 3, size, size)
+    image = torch.randn(1, 3, size, size)
     reference = model(image)
     start = time.perf_counter()
     with FlopMode(model) as fm:
@@ -116,14 +115,14 @@ def real_forward_backward(size: int = 64) -> None:
         out.square().mean().backward()
     seconds = time.perf_counter() - start
     grads = [p.grad for p in model.parameters()]
-    print(f"\n=== real forward + backward on CPU, vmamba_tiny_v0, 2x3x{size}x{size}, convention='flop' ===")
+    print(f"\n=== real forward + backward on CPU, vmamba_tiny_v0, 1x3x{size}x{size}, convention='flop' ===")
     print(f"output bit-identical to an uncounted run: {torch.equal(out, reference)}")
     print(f"every parameter has a finite gradient: "
           f"{all(g is not None and bool(torch.isfinite(g).all()) for g in grads)}")
     print(f"forward {fm.total(phase='forward'):,}, backward {fm.total(phase='backward'):,} "
           f"(backward/forward {fm.total(phase='backward') / fm.total(phase='forward'):.2f}); "
           f"selective scan fwd {fm.by_operator(phase='forward').get('dispatchcount.selective_scan', 0):,}, "
-          f"bwd {fm.by_operator(phase='backward').get('dispatchcount.selective_scan', 0):,}")
+          f"bwd {fm.by_operator(phase='backward').get('dispatchcount.selective_scan_backward', 0):,}")
     print(f"unsupported ops: {fm.unsupported_ops() or 'none'}; {seconds:.1f} s")
 
 

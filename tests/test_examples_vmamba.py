@@ -189,7 +189,7 @@ def test_real_forward_backward_on_cpu_is_unchanged_by_counting(builder):
     assert torch.equal(out, reference)
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
     assert fm.total(phase="backward") > fm.total(phase="forward") > 0
-    assert fm.by_operator(phase="backward").get("dispatchcount.selective_scan", 0) > 0
+    assert fm.by_operator(phase="backward").get("dispatchcount.selective_scan_backward", 0) > 0
     assert fm.unsupported_ops() == {}
 
 

@@ -1,0 +1,117 @@
+"""Smoke tests: every example runs from the repository root, as the README says, and prints the
+numbers it claims. Expected values are derived here by hand (or, for VMamba, by the derivation in
+test_examples_vmamba.py), never copied from a run."""
+
+from __future__ import annotations
+
+import ast
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from test_examples_vmamba import s1l8_fvcore_flops, v0_fvcore_flops
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run(*args: str, timeout: int = 600) -> str:
+    result = subprocess.run(
+        [sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout
+    )
+    assert result.returncode == 0, f"{args} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+    return result.stdout
+
+
+def line_with(text: str, prefix: str) -> str:
+    lines = [line for line in text.splitlines() if line.strip().startswith(prefix)]
+    assert lines, f"no line starting with {prefix!r} in:\n{text}"
+    return lines[0]
+
+
+def ints(line: str) -> list[int]:
+    return [int(n.replace(",", "")) for n in re.findall(r"\d[\d,]*", line)]
+
+
+def test_readme_cli_command_counts_vmamba_tiny_v0_on_meta():
+    out = run("-m", "dispatchcount", "examples.vmamba:vmamba_tiny_v0", "--input-shape", "1,3,224,224",
+              "--device", "meta", "--convention", "fvcore", "--json")
+    report = json.loads(out)
+    assert report["total"] == v0_fvcore_flops()
+    assert report["unsupported_ops"] == {}
+
+
+@pytest.fixture(scope="module")
+def count_vmamba_output() -> str:
+    return run("examples/count_vmamba.py")
+
+
+def test_count_vmamba_reports_published_figures(count_vmamba_output):
+    out = count_vmamba_output
+    v0, s1l8 = out.split("=== vmamba_tiny_s1l8")
+    assert "22,893,448" in line_with(v0, "params:")  # 22.9M published
+    assert "30,249,064" in line_with(s1l8, "params:")  # 30.2M published
+    assert f"{v0_fvcore_flops() / 1e9:.3f} (published 5.63" in line_with(v0, "GFLOPs, fvcore:")
+    assert f"{s1l8_fvcore_flops() / 1e9:.3f} (published 4.91" in line_with(s1l8, "GFLOPs, fvcore:")
+    for part in (v0, s1l8):
+        assert "unsupported ops: none, none" in line_with(part, "counted in")
+        assert "table, convention='fvcore'" in part and "table, convention='flop'" in part
+        assert re.search(r"^ +layers\.2\.0 ", part, re.M)  # depth 3: the blocks are rows
+
+
+def test_count_vmamba_charges_raw_parameter_einsums_to_ss2d(count_vmamba_output):
+    line = line_with(count_vmamba_output, "ops layers.0.0.ss2d ran itself:")
+    own = ast.literal_eval(line.split("itself:", 1)[1].strip())
+    L, d, k, n, r = 56 * 56, 192, 4, 16, 6
+    assert own["dispatchcount.selective_scan"] == 9 * L * k * d * n + L * k * d
+    einsum_ops = {op: v for op, v in own.items() if op != "dispatchcount.selective_scan"}
+    assert sum(einsum_ops.values()) == L * k * (r + 2 * n) * d + L * k * d * r
+
+
+def test_count_vmamba_drop_path_and_real_backward(count_vmamba_output):
+    out = count_vmamba_output
+    assert ints(line_with(out, "eval:"))[0] == 0
+    assert ints(line_with(out, "train:"))[0] > 0
+    assert line_with(out, "output bit-identical to an uncounted run:").endswith("True")
+    assert line_with(out, "every parameter has a finite gradient:").endswith("True")
+    real = out.split("=== real forward + backward")[1]
+    assert "unsupported ops: none" in real
+
+
+def test_count_transformer():
+    out = run("examples/count_transformer.py")
+    # GPTConfig defaults: vocab 512, context 64, dim 128, heads 4, layers 2, MLP x4; batch 2.
+    B, T, d, h, layers, vocab, hidden = 2, 64, 128, 4, 2, 512, 512
+    linear = 2 * B * T * (layers * (3 * d * d + d * d + 2 * d * hidden) + d * vocab)
+    attention = layers * 4 * B * h * T * T * (d // h)
+    assert ints(line_with(out, "linear + tied head matmuls:")) == [linear, linear]
+    assert ints(line_with(out, "causal attention:")) == [attention, attention]
+    head = ints(line_with(out, "tied head F.linear"))
+    assert head[0] == head[-2] == 2 * B * T * d * vocab and head[-1] == 0  # root, by hand, tok_emb
+    assert out.count("unsupported ops: none") == 2
+    assert out.count("backward") >= 2
+
+
+def test_custom_op_formula():
+    out = run("examples/custom_op_formula.py")
+    n, d, m = 32, 16, 64
+    assert "unsupported ops: {'demo.rbf_kernel': 1}" in out
+    assert f"'demo.rbf_kernel': {3 * n * m * d + 2 * n * m}" in out  # "flop"
+    assert f"'demo.rbf_kernel': {n * m * d}" in out  # "fvcore"
+    backward = line_with(out, "backward by operator:")
+    assert "aten.mm" in backward  # the backward's matmuls are counted, in the backward phase
+    big = 3 * 8192 * 4096 * 256 + 2 * 8192 * 4096
+    assert ints(line_with(out, "demo.rbf_kernel on"))[-1] == big
+    assert line_with(out, "gradcheck:").endswith("True")
+
+
+def test_migrate_from_fvcore():
+    pytest.importorskip("fvcore")  # in the test extra; the script itself runs without it
+    out = run("examples/migrate_from_fvcore.py")
+    assert out.count("totals equal: True") == 2
+    assert out.count("differing: none") == 2
+    skipped = line_with(out.split("fvcore with no handle")[1], "fvcore:")
+    assert "dispatchcount::selective_scan" in skipped

@@ -90,8 +90,16 @@ def show_ss2d_attribution() -> None:
     print(f"\n=== where SS2D's raw-parameter einsums go (vmamba_tiny_v0, {name}, fvcore) ===")
     print(f"children of {name}: {[n for n, _ in ss2d.named_children()]} (no x_proj / dt_proj module)")
     print(f"ops {name} ran itself: {own_ops(fm, model, name)}")
-    print(f"by hand: x_proj einsum L*K*(R+2N)*D = {x_proj:,}, dt_proj einsum L*K*D*R = {dt_proj:,}, "
-          f"sum {x_proj + dt_proj:,}; selective scan 9*L*KD*N + L*KD = {scan:,}")
+    print(f"by hand: selective scan 9*L*KD*N + L*KD = {scan:,}; einsums x_proj L*K*(R+2N)*D = {x_proj:,} "
+          f"and dt_proj L*K*D*R = {dt_proj:,} multiply-adds,")
+    print(f"  which fvcore's einsum handle reads from numpy's einsum_path report, printed to 4 significant "
+          f"digits: {_numpy_rounded(x_proj):,} + {_numpy_rounded(dt_proj):,} = "
+          f"{_numpy_rounded(x_proj) + _numpy_rounded(dt_proj):,}")
+
+
+def _numpy_rounded(macs: int) -> int:
+    """fvcore's einsum count: numpy prints 2 * macs + 1 as "%.3e"; fvcore halves and floors it."""
+    return int(float(f"{2 * macs + 1:.3e}") // 2)
 
 
 def show_drop_path() -> None:
@@ -104,7 +112,7 @@ def show_drop_path() -> None:
     print(f"train: {fm_train.by_module()[name]:,} FLOPs (scales the kept samples: it runs)")
 
 
-def real_forward_backward(size: int = 64) -> None:
+def real_forward_backward(size: int = 32) -> None:
     torch.manual_seed(0)
     model = vmamba_tiny_v0(num_classes=10).eval()
     image = torch.randn(1, 3, size, size)

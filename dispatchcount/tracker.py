@@ -174,6 +174,9 @@ class ModuleTracker:
         name = self.names.get(module)
         if name is not None:
             return name
+        wrapped = getattr(module, "_orig_mod", None)  # torch.compile's OptimizedModule
+        if isinstance(wrapped, torch.nn.Module) and wrapped in self.names:
+            return self.names[wrapped]
         parent = stack.top
         prefix = parent.name + "." if parent.name else ""
         name = prefix + type(module).__name__

@@ -545,10 +545,33 @@ def _efficient_attention_backward(grad_out, q, k, v, *args, out=None, **kwargs) 
     return _attention_backward_macs(_blhe(q.shape), _blhe(k.shape), _blhe(v.shape))
 
 
+@register_formula(aten._native_multi_head_attention, FVCORE)
+def _native_multi_head_attention(q, k, v, embed_dim, num_heads, *args, out=None, **kwargs) -> int:
+    # nn.MultiheadAttention's inference fast path: q, k, v projections, attention, output
+    # projection. q (batch, L, E), k and v (batch, S, E).
+    q_tokens, kv_tokens = q.numel() // embed_dim, k.numel() // embed_dim
+    projections = (2 * q_tokens + 2 * kv_tokens) * embed_dim * embed_dim
+    return projections + q_tokens * k.shape[-2] * 2 * embed_dim
+
+
+@register_formula(aten._transformer_encoder_layer_fwd, FVCORE)
+def _transformer_encoder_layer_fwd(src, embed_dim, num_heads, *args, out=None, **kwargs) -> int:
+    # nn.TransformerEncoderLayer's inference fast path on a dense (batch, L, E) input: the
+    # attention above, the feed-forward linears, and its two layer norms at fvcore's 5/element.
+    if src.is_nested:
+        raise ValueError("_transformer_encoder_layer_fwd: a nested (padded) input has no fixed shape")
+    ffn_weight_1 = _arg(args, kwargs, 11, "ffn_weight_1")
+    tokens, length = src.numel() // embed_dim, src.shape[-2]
+    attention = 4 * tokens * embed_dim * embed_dim + tokens * length * 2 * embed_dim
+    feed_forward = 2 * tokens * embed_dim * ffn_weight_1.shape[0]
+    return attention + feed_forward + 2 * 5 * src.numel()
+
+
 BEYOND_FVCORE: frozenset[str] = frozenset(
     f"aten.{p.__name__}"
     for p in [aten.baddbmm, aten.addbmm, aten.mv, aten.addmv, aten.dot, aten.vdot,
               aten._convolution_mode, *_SDPA_FORWARD, *_SDPA_BACKWARD,
+              aten._native_multi_head_attention, aten._transformer_encoder_layer_fwd,
               *_ops("_flash_attention_forward", "_efficient_attention_forward",
                     "_flash_attention_backward", "_efficient_attention_backward")]
 )
@@ -580,6 +603,7 @@ FVCORE_OP_NAMES: dict[str, str] = {
     "aten.grid_sampler_3d": "grid_sampler",
     "aten.cudnn_grid_sampler": "grid_sampler",
     "aten._grid_sampler_2d_cpu_fallback": "grid_sampler",
+    **{f"aten.{p.__name__}": "scaled_dot_product_attention" for p in _SDPA_FORWARD},
 }
 """Dispatched op -> the name fvcore's ``by_operator()`` gives the JIT node it comes from
 (other aten ops keep their own name without the namespace)."""

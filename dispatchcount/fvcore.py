@@ -95,6 +95,8 @@ _ALIASES: dict[str, list[tuple[str, Optional[str], Optional[Callable[[list], lis
         ("_convolution", None, None),
     ],
     "aten::adaptive_avg_pool2d": [("adaptive_avg_pool2d", None, None), ("_adaptive_avg_pool2d", None, None)],
+    "aten::softmax": [("softmax", None, None), ("_softmax", None, None)],
+    "aten::log_softmax": [("log_softmax", None, None), ("_log_softmax", None, None)],
     "aten::grid_sampler": [
         ("grid_sampler", None, None), ("grid_sampler_2d", None, None), ("grid_sampler_3d", None, None),
         ("_grid_sampler_2d_cpu_fallback", None, None),
@@ -263,13 +265,16 @@ class FlopCountAnalysis:
     def by_module_and_operator(self) -> dict[str, Counter]:
         """{module: Counter over operators}, every module of the model included."""
         mode = self._analyze()
-        counted = self._counted_operator
+        handled = self._handled_operators()
         result: dict[str, Counter] = {name: Counter() for name in self._module_names()}
         for module, per_op in mode.by_module_and_operator().items():
             if module not in result:
                 continue
             for operator, flops in per_op.items():
-                if counted(operator):
+                name = handled.get(operator)
+                if name is not None:
+                    result[module][name] += flops
+                elif self._defaults:
                     result[module][fvcore_name(operator)] += flops
         return result
 
@@ -378,11 +383,10 @@ class FlopCountAnalysis:
                 overrides[op] = _handle_formula(op, adapt, handle)
         return overrides
 
-    def _counted_operator(self, operator: str) -> bool:
-        if self._defaults:
-            return True
-        return any(_fvcore_spelling(operator) == name or fvcore_name(operator) == name.split("::")[-1]
-                   for name in self._handles)
+    def _handled_operators(self) -> dict[str, str]:
+        """{dispatched operator name: the fvcore name its handle was set for} (set_op_handle)."""
+        return {op_name(op): name.split("::", 1)[1]
+                for name in self._handles for op, _ in _ops_named(name)}
 
     def _module_names(self) -> list[str]:
         return list(dict.fromkeys(self._aliases.values()))

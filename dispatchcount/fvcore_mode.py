@@ -206,8 +206,8 @@ _FAST_PATH_MODULES = (nn.MultiheadAttention, nn.TransformerEncoderLayer, nn.Tran
 class FvcoreDispatch(_CountingDispatch):
     """FlopMode's dispatch hook under ``convention="fvcore"``.
 
-    ``overrides`` maps an ``OpOverloadPacket`` to a rule (a formula, or ``None`` to count 0)
-    that replaces the registered one for this counter only.
+    ``overrides`` maps an ``OpOverload`` to a rule (a formula, or ``None`` to count 0) that
+    replaces the registered one for this counter only.
     """
 
     def __init__(self, counter: Any, overrides: Optional[dict] = None) -> None:
@@ -278,11 +278,9 @@ class FvcoreDispatch(_CountingDispatch):
             self.suspended -= 1
 
     def rule_for(self, op: OpOverload) -> Any:
-        if self.overrides:
-            packet = op._overloadpacket
-            if packet in self.overrides:
-                rule = self.overrides[packet]
-                return _count_zero if rule is None else rule
+        if self.overrides and op in self.overrides:
+            rule = self.overrides[op]
+            return _count_zero if rule is None else rule
         return resolve(op, self.convention)
 
     def composite_rule(self, op: OpOverload) -> Optional[Callable[..., Any]]:
@@ -327,7 +325,7 @@ class FvcoreDispatch(_CountingDispatch):
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         if self.suspended:
             return func(*args, **(kwargs or {}))
-        if self.overrides and func._overloadpacket in self.overrides:
+        if self.overrides and func in self.overrides:
             kwargs = kwargs or {}
             out = func(*args, **kwargs)
             self.charge_rule(func, self.rule_for(func), args, out, kwargs)

@@ -309,3 +309,19 @@ def test_function_mode_restored_after_an_error_inside_a_fast_path_module():
         with torch.no_grad(), FlopMode(model, convention="fvcore"):
             model(torch.randn(2, 5, 7))  # wrong embedding size
     assert _function_modes() == before
+
+
+def test_reports_list_what_is_counted_beyond_fvcore():
+    model = nn.Sequential(nn.Linear(8, 8))
+    q = torch.randn(1, 2, 3, 4)
+    with FlopMode(model, convention="fvcore") as fm:
+        model(torch.randn(3, 8))
+        F.scaled_dot_product_attention(q, q, q)
+    # linear 3*8*8 = 192; attention 1*2*3*3*(4 + 4) = 144, beyond fvcore
+    assert fm.total() == 192 + 144
+    assert fm.beyond_fvcore() == {"aten.scaled_dot_product_attention": 144}
+    assert fm.to_dict()["beyond_fvcore"] == {"aten.scaled_dot_product_attention": 144}
+    assert "counted beyond fvcore (fvcore has no handle for them): aten.scaled_dot_product_attention 144" in fm.table()
+    with FlopMode(model) as flop:
+        model(torch.randn(3, 8))
+    assert flop.beyond_fvcore() == {} and "beyond fvcore" not in flop.table()

@@ -184,9 +184,9 @@ class FvcoreFunctionMode(TorchFunctionMode):
         kwargs = kwargs or {}
         try:
             to_call = _CALLS.get(func)
-        except TypeError:  # an unhashable callable: not one of ours
-            to_call = None
-        call = to_call(args, kwargs) if to_call is not None else None
+            call = to_call(args, kwargs) if to_call is not None else None
+        except Exception:  # unhashable callable, or arguments torch itself will reject
+            call = None
         if call is None:
             return func(*args, **kwargs)
         op, op_args = call

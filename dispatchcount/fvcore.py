@@ -23,7 +23,7 @@ from __future__ import annotations
 import inspect
 import logging
 import warnings
-from collections import Counter
+from collections import Counter, defaultdict
 from typing import Any, Callable, Iterable, Optional, Union
 
 import torch
@@ -34,20 +34,10 @@ from dispatchcount.formulas.fvcore_rules import FVCORE_OP_NAMES, is_beyond_fvcor
 from dispatchcount.mode import FlopMode
 from dispatchcount.report import op_name
 
-__all__ = ["FlopCountAnalysis", "flop_count_table", "parameter_count"]
+__all__ = ["FlopCountAnalysis", "flop_count", "flop_count_table", "parameter_count"]
 
-aten = torch.ops.aten
 Handle = Optional[Callable[..., Any]]
 _logger = logging.getLogger(__name__)
-
-# fvcore's default handle table: the op names (as fvcore spells them) it counts.
-_FVCORE_HANDLED = frozenset({
-    "aten::addmm", "aten::bmm", "aten::_convolution", "aten::einsum", "aten::matmul", "aten::mm",
-    "aten::linear", "aten::batch_norm", "aten::group_norm", "aten::layer_norm",
-    "aten::instance_norm", "aten::upsample_nearest2d", "aten::upsample_bilinear2d",
-    "aten::adaptive_avg_pool2d", "aten::grid_sampler",
-})
-
 
 def fvcore_name(operator: str) -> str:
     """The name fvcore's ``by_operator()`` uses for a dispatchcount operator name."""
@@ -417,6 +407,20 @@ class FlopCountAnalysis:
                 "were run through .forward() or other methods (their counts then go to the "
                 "calling module).\n" + ", ".join(uncalled)
             )
+
+
+def flop_count(
+    model: nn.Module, inputs: tuple, supported_ops: Optional[dict[str, Callable[..., Any]]] = None
+) -> tuple[defaultdict, Counter]:
+    """fvcore's ``flop_count``: ({operator: GFlops}, Counter of unsupported operators).
+
+    ``supported_ops`` adds or replaces handles, as ``FlopCountAnalysis.set_op_handle``.
+    """
+    analysis = FlopCountAnalysis(model, inputs).set_op_handle(**(supported_ops or {}))
+    giga = defaultdict(float)
+    for operator, flops in analysis.by_operator().items():
+        giga[operator] = flops / 1e9
+    return giga, analysis.unsupported_ops()
 
 
 def _fvcore_spelling(operator: str) -> str:

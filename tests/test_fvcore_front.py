@@ -180,3 +180,15 @@ def test_documented_differences_unused_results_and_modules_without_ops():
     # fvcore calls a module "uncalled" when no op of its own was traced
     assert ref.uncalled_modules() == {"aux", "skip"}
     assert ours.uncalled_modules() == set()
+
+
+def test_flop_count_function():
+    from dispatchcount.fvcore import flop_count
+
+    model = Net()
+    ref_gflops, _ = fvcore_nn.flop_count(model, (X,))
+    ours_gflops, unsupported = flop_count(model, (X,))
+    assert ours_gflops == ref_gflops == {"linear": 256e-9, "batch_norm": 160e-9}
+    assert unsupported == Counter()
+    with_mul, _ = flop_count(model, (X,), supported_ops={"aten::mul": elementwise_flop_counter(1, 0)})
+    assert with_mul["mul"] == 32e-9

@@ -5,7 +5,6 @@ One multiply-add counts 1. Expected numbers are derived in the comments from the
 
 from __future__ import annotations
 
-import itertools
 import random
 import warnings
 

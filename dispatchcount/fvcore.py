@@ -39,6 +39,7 @@ __all__ = ["FlopCountAnalysis", "flop_count", "flop_count_table", "parameter_cou
 Handle = Optional[Callable[..., Any]]
 _logger = logging.getLogger(__name__)
 
+
 def fvcore_name(operator: str) -> str:
     """The name fvcore's ``by_operator()`` uses for a dispatchcount operator name."""
     name = FVCORE_OP_NAMES.get(operator)

@@ -72,6 +72,8 @@ POINTWISE_FLOPS: dict[str, int] = {
     "special_scaled_modified_bessel_k1": 1, "special_spherical_bessel_j0": 1,
     "special_i0e": 1, "special_i1": 1, "special_i1e": 1, "special_erfcx": 1,
     "special_ndtri": 1, "special_log_ndtr": 1, "special_zeta": 1,
+    # reparameterized-sample gradients of Gamma and Dirichlet: one special-function evaluation
+    "_standard_gamma_grad": 1, "_dirichlet_grad": 1,
     # orthogonal polynomials: one evaluation each (the degree is data, which formulas never read)
     "special_chebyshev_polynomial_t": 1, "special_chebyshev_polynomial_u": 1,
     "special_chebyshev_polynomial_v": 1, "special_chebyshev_polynomial_w": 1,
@@ -96,6 +98,7 @@ POINTWISE_FLOPS: dict[str, int] = {
     "leaky_relu": 2,     # x > 0 ? x : slope * x
     "_prelu_kernel": 2,  # x > 0 ? x : w * x
     "rrelu_with_noise": 2,  # x > 0 ? x : noise * x (sampling the noise is free)
+    "rrelu_with_noise_functional": 2,
     "sigmoid": 4,        # 1 / (1 + exp(-x))
     "silu": 5,           # x * sigmoid(x)
     "gelu": 5,           # x/2 (1 + erf(x/sqrt2)): mul, erf, add, mul, mul; 9 for tanh

@@ -6,11 +6,12 @@ import warnings
 from typing import Any, Callable, Optional
 
 import torch
+from torch._subclasses.fake_tensor import FakeTensor
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import dispatchcount.formulas  # noqa: F401  (registers the built-in rules)
 from dispatchcount import report
-from dispatchcount.registry import CONVENTIONS, DECOMPOSE, UNSUPPORTED, ZERO, resolve, rule_cache
+from dispatchcount.registry import CONVENTIONS, DECOMPOSE, HIGHER_ORDER, UNSUPPORTED, ZERO, resolve, rule_cache
 from dispatchcount.tracker import Frame, ModuleTracker
 
 __all__ = ["FlopMode", "count_flops", "UnsupportedOperatorError", "FormulaError"]
@@ -190,6 +191,8 @@ class FlopMode:
 class _CountingDispatch(TorchDispatchMode):
     """The dispatch hook: one cached rule lookup per op, then at most one formula call."""
 
+    supports_higher_order_operators = True
+
     def __init__(self, counter: FlopMode) -> None:
         super().__init__()
         self.counter = counter
@@ -215,6 +218,8 @@ class _CountingDispatch(TorchDispatchMode):
         if rule is UNSUPPORTED:
             self.counter._note_unsupported(func)
             return func(*args, **kwargs)
+        if rule is HIGHER_ORDER:
+            return self._run_higher_order(func, args, kwargs)
 
         out = func(*args, **kwargs)
         try:
@@ -238,6 +243,25 @@ class _CountingDispatch(TorchDispatchMode):
             record[0] += flops
             record[1] += 1
         return out
+
+
+    def _run_higher_order(self, func: Any, args: tuple, kwargs: dict) -> Any:
+        """Run a higher-order op's body under this mode, so that the ops inside are counted."""
+        if func is torch.ops.higher_order.cond:
+            pred, true_fn, false_fn, operands = args
+            if not isinstance(pred, torch.Tensor) or _has_data(pred):
+                with self:  # what runs is counted: the branch taken
+                    return (true_fn if bool(pred) else false_fn)(*operands)
+        if func is torch.ops.higher_order.invoke_subgraph:
+            subgraph, _, *operands = args
+            with self:
+                return subgraph(*operands)
+        self.counter._note_unsupported(func)
+        return func(*args, **kwargs)
+
+
+def _has_data(t: torch.Tensor) -> bool:
+    return t.device.type != "meta" and not isinstance(t, FakeTensor)
 
 
 def _as_count(flops: Any) -> int:

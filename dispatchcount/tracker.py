@@ -104,6 +104,24 @@ def _forget(segment: _Segment) -> None:
     segment.alive = False
 
 
+class _CallStack:
+    """Module calls in progress in one context: the forward, or a recomputation in backward."""
+
+    __slots__ = ("base", "entries", "open")
+
+    def __init__(self, base: Frame) -> None:
+        self.base = base
+        self.entries: list[tuple[torch.nn.Module, Frame]] = []
+        self.open: Optional[_Segment] = None  # the segment of the outermost call in progress
+
+    @property
+    def top(self) -> Frame:
+        return self.entries[-1][1] if self.entries else self.base
+
+    def holds(self, module: torch.nn.Module) -> bool:
+        return any(m is module for m, _ in self.entries)
+
+
 class ModuleTracker:
     """Tracks the running module for one counter on one thread.
 
@@ -114,7 +132,7 @@ class ModuleTracker:
     def __init__(self, model: Optional[torch.nn.Module] = None) -> None:
         self.model = model
         self.root = Frame("", None)
-        self.current = self.root
+        self.current = self.root  # the forward's innermost frame: read for every op
         self.names: "weakref.WeakKeyDictionary[torch.nn.Module, str]" = weakref.WeakKeyDictionary()
         self.params: dict[str, int] = {}
         self.calls: dict[str, int] = {}
@@ -122,10 +140,9 @@ class ModuleTracker:
             for name, module in model.named_modules():
                 self.names[module] = name
                 self.params[name] = sum(p.numel() for p in module.parameters())
-        self._stack: list[tuple[torch.nn.Module, Frame]] = []
-        self._recompute: list[tuple[torch.nn.Module, Frame]] = []
+        self._forward = _CallStack(self.root)
+        self._recompute = _CallStack(self.root)
         self._segments: list[_Segment] = []
-        self._open: Optional[_Segment] = None
         self._thread: Optional[int] = None
         self._handles: list[Any] = []
 
@@ -146,23 +163,25 @@ class ModuleTracker:
             if segment.finalizer is not None:
                 segment.finalizer.detach()
         self._segments = []
-        self._open = None
-        self._stack.clear()
-        self._recompute.clear()
+        self._forward = _CallStack(self.root)
+        self._recompute = _CallStack(self.root)
         self.current = self.root
         self._thread = None
 
     # -- names -----------------------------------------------------------------------------
 
-    def name_of(self, module: torch.nn.Module, parent: Frame) -> str:
+    def name_of(self, module: torch.nn.Module, stack: _CallStack) -> str:
         name = self.names.get(module)
         if name is not None:
             return name
-        parent_module = self._stack[-1][0] if self._stack else None
+        wrapped = getattr(module, "_orig_mod", None)  # torch.compile's OptimizedModule
+        if isinstance(wrapped, torch.nn.Module) and wrapped in self.names:
+            return self.names[wrapped]
+        parent = stack.top
         prefix = parent.name + "." if parent.name else ""
         name = prefix + type(module).__name__
-        if parent_module is not None:
-            for child_name, child in parent_module.named_children():
+        if stack.entries:
+            for child_name, child in stack.entries[-1][0].named_children():
                 if child is module:
                     name = prefix + child_name
                     break
@@ -175,52 +194,49 @@ class ModuleTracker:
     def _pre_hook(self, module: torch.nn.Module, args: Any) -> None:
         if threading.get_ident() != self._thread:
             return
-        if _current_node() is not None:
-            self._enter_recompute(module)
-            return
-        name = self.name_of(module, self.current)
-        frame = self.current.child(name)
-        self._stack.append((module, frame))
-        self.current = frame
-        self.calls[name] = self.calls.get(name, 0) + 1
+        # A module entered while an autograd node runs is recomputation (checkpointing).
+        stack = self._recompute if _current_node() is not None else self._forward
+        name = self.name_of(module, stack)
+        frame = stack.top.child(name)
+        stack.entries.append((module, frame))
+        if stack is self._forward:
+            self.current = frame
+            self.calls[name] = self.calls.get(name, 0) + 1
         seq = _next_sequence_nr()
-        if self._open is None:
+        if stack.open is None:
             self._prune()
-            self._open = _Segment(seq, frame)
-            self._segments.append(self._open)
+            stack.open = _Segment(seq, frame)
+            self._segments.append(stack.open)
         else:
-            self._open.mark(seq, frame)
+            stack.open.mark(seq, frame)
 
     def _post_hook(self, module: torch.nn.Module, args: Any, output: Any) -> None:
         if threading.get_ident() != self._thread:
             return
-        if self._recompute and self._recompute[-1][0] is module:
-            self._recompute.pop()
+        if self._recompute.entries and self._recompute.holds(module):
+            stack = self._recompute
+        elif self._forward.holds(module):
+            stack = self._forward
+        else:
             return
-        if not self._stack or all(m is not module for m, _ in self._stack):
-            return
-        while self._stack:  # unwinds frames an exception skipped
-            popped, _ = self._stack.pop()
+        while stack.entries:  # also unwinds calls an exception cut short
+            popped, _ = stack.entries.pop()
             if popped is module:
                 break
-        self.current = self._stack[-1][1] if self._stack else self.root
-        segment = self._open
+        if stack is self._forward:
+            self.current = stack.top
+        segment = stack.open
         if segment is None:
             return
         seq = _next_sequence_nr()
-        segment.mark(seq, self.current)
-        if not self._stack:
+        segment.mark(seq, stack.top)
+        if not stack.entries:
+            stack.open = None
             self._close(segment, seq, output)
-
-    def _enter_recompute(self, module: torch.nn.Module) -> None:
-        parent = self._recompute[-1][1] if self._recompute else self.root
-        name = self.name_of(module, parent)
-        self._recompute.append((module, parent.child(name)))
 
     # -- segments --------------------------------------------------------------------------
 
     def _close(self, segment: _Segment, seq: int, output: Any) -> None:
-        self._open = None
         segment.end = seq
         grad_fns = [
             t.grad_fn for t in tree_leaves(output) if isinstance(t, torch.Tensor) and t.grad_fn is not None
@@ -242,14 +258,11 @@ class ModuleTracker:
 
     def backward_frame(self, node: Any) -> tuple[Frame, bool]:
         """The frame an op run for autograd ``node`` is charged to, and whether it recomputes."""
-        if self._recompute and threading.get_ident() == self._thread:
-            return self._recompute[-1][1], True
+        if self._recompute.entries and threading.get_ident() == self._thread:
+            return self._recompute.top, True
         seq = node._sequence_nr()
         for segment in self._segments:
             end = segment.end
             if segment.seqs[0] <= seq and (end is None or seq < end):
                 return segment.frame_of(seq), False
         return self.root, False
-
-    def called_names(self) -> Iterator[str]:
-        return iter(self.calls)

@@ -13,6 +13,9 @@ from __future__ import annotations
 from typing import Iterator, Optional, Sequence
 
 import torch
+from torch._higher_order_ops.flex_attention import flex_attention, flex_attention_backward
+from torch._subclasses.fake_tensor import FakeTensor
+from torch._subclasses.functional_tensor import FunctionalTensor
 
 from dispatchcount.formulas._common import macs_to_flops
 from dispatchcount.registry import register_formula
@@ -71,7 +74,7 @@ def sdpa_backward_flop(grad_out, query, key, value, *args, out=None, **kwargs) -
 
 def _lengths(offsets: torch.Tensor, max_len: int) -> list[int]:
     # Fake and meta tensors have no data: every sequence is assumed max_len long.
-    if offsets.device.type == "meta" or isinstance(offsets, torch._subclasses.FakeTensor):
+    if offsets.device.type == "meta" or isinstance(offsets, (FakeTensor, FunctionalTensor)):
         return [max_len] * (offsets.shape[0] - 1)
     return (offsets[1:] - offsets[:-1]).tolist()
 
@@ -155,3 +158,16 @@ def native_multi_head_attention_flop(query, key, value, embed_dim, num_head, qkv
     head_dim = embed_dim // num_head
     shapes = (b, num_head, s_q, head_dim), (b, num_head, s_k, head_dim), (b, num_head, s_k, head_dim)
     return macs_to_flops(projections, query.dtype) + attention_flops(*shapes)
+
+
+# -- flex attention (a higher-order op): dense counts, as FlopCounterMode ------------------
+
+
+@register_formula(flex_attention)
+def flex_attention_flop(query, key, value, *args, out=None, **kwargs) -> int:
+    return attention_flops(query.shape, key.shape, value.shape)
+
+
+@register_formula(flex_attention_backward)
+def flex_attention_backward_flop(query, key, value, *args, out=None, **kwargs) -> int:
+    return attention_backward_flops(query.shape, key.shape, value.shape)

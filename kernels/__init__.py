@@ -1,0 +1,1 @@
+"""Custom ops with Triton kernels, installed as dispatchcount.kernels."""

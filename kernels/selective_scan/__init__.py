@@ -1,0 +1,1 @@
+"""The selective scan of Mamba/VMamba as a torch.library custom op."""

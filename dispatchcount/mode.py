@@ -223,6 +223,8 @@ class _CountingDispatch(TorchDispatchMode):
 
         out = func(*args, **kwargs)
         try:
+            if "out" in kwargs:  # an ``.out`` overload: its out= tensor is the result, passed once
+                kwargs = {k: v for k, v in kwargs.items() if k != "out"}
             flops = rule(*args, out=out, **kwargs)
             if type(flops) is not int:
                 flops = _as_count(flops)

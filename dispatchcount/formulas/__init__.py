@@ -20,5 +20,6 @@ from dispatchcount.formulas import (  # noqa: F401
     products,
     sparse,
     quantization,
+    torch_nn,
     zero,
 )

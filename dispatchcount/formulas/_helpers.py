@@ -23,7 +23,9 @@ __all__ = [
     "dtype_factor",
     "first_tensor",
     "first_tensor_list",
+    "out_argument_names",
     "register_family",
+    "without_out_arguments",
     "result_tensor",
 ]
 
@@ -135,6 +137,32 @@ def register_family(table: dict[str, RuleFactory], convention: str = "flop") -> 
         if op.namespace != "aten":
             return None
         factory = table.get(base_name(op))
-        return None if factory is None else factory(op)
+        return None if factory is None else without_out_arguments(op, factory(op))
 
     register_resolver(convention, resolve_by_name)
+
+
+def out_argument_names(op: OpOverload) -> tuple[str, ...]:
+    """Names of the keyword-only tensors an ``out=`` overload writes (``out``, ``values``, ...)."""
+    return tuple(
+        a.name
+        for a in op._schema.arguments
+        if a.kwarg_only and a.alias_info is not None and a.alias_info.is_write
+    )
+
+
+def without_out_arguments(op: OpOverload, rule: Any) -> Any:
+    """``rule`` for ``op``; for out= overloads, a wrapper that drops the written tensors from the
+    kwargs (they are the result, which the formula gets as ``out``), so that their names
+    (``a``, ``values``, ``output`` ...) never collide with a formula's own parameters."""
+    names = out_argument_names(op)
+    if not names or not callable(rule):
+        return rule
+
+    def formula_without_out_arguments(*args: Any, out: Any = None, **kwargs: Any) -> int:
+        for name in names:
+            kwargs.pop(name, None)
+        return rule(*args, out=out, **kwargs)
+
+    formula_without_out_arguments.__wrapped__ = rule  # type: ignore[attr-defined]
+    return formula_without_out_arguments

@@ -27,6 +27,7 @@ from dispatchcount.formulas._helpers import (
     dtype_factor,
     first_tensor_list,
     register_family,
+    without_out_arguments,
 )
 from dispatchcount.formulas.pointwise import COMPLEX_ADDITIVE, POINTWISE_FLOPS, extra_term
 from dispatchcount.formulas.reduction import norm_cost
@@ -90,8 +91,8 @@ def _resolve_foreach(op: OpOverload) -> Optional[Callable[..., int]]:
         return None
     name = name[len(_FOREACH):].rstrip("_")
     if name in POINTWISE_FLOPS:
-        return _foreach_pointwise(name, op)
-    return _FOREACH_OTHER.get(name)
+        return without_out_arguments(op, _foreach_pointwise(name, op))
+    return without_out_arguments(op, _FOREACH_OTHER.get(name))
 
 
 def _params(params: list) -> int:

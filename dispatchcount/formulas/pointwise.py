@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from typing import Any, Callable, Optional
 
+import torch
 from torch._ops import OpOverload
 
 from dispatchcount.formulas._helpers import (
@@ -24,11 +25,13 @@ from dispatchcount.formulas._helpers import (
     COMPLEX_MUL,
     Tensor,
     arg_reader,
+    base_name,
     first_tensor,
     has_arg,
     register_family,
     result_tensor,
 )
+from dispatchcount.registry import register_formula
 
 __all__ = ["POINTWISE_FLOPS", "COMPLEX_ADDITIVE", "extra_term", "pointwise_formula"]
 
@@ -117,6 +120,7 @@ POINTWISE_FLOPS: dict[str, int] = {
     "tanh_backward": 3,       # g * (1 - y * y)
     "threshold_backward": 1,  # x <= t ? 0 : g
     "silu_backward": 9,       # sigmoid (4), then g * s * (1 + x (1 - s)) (5)
+    "mish_backward": 14,      # g (t + x s (1 - t^2)), t = tanh(softplus(x)) (4), s = sigmoid (4)
     "gelu_backward": 11,      # cdf (4) + pdf (4) + g (cdf + x pdf) (3); 18 for tanh
     "logit_backward": 3,      # g / (x (1 - x)); +2 for the eps range test
     "elu_backward": 6,        # negative branch: compare, exp of a product, 3 multiplies
@@ -140,6 +144,8 @@ POINTWISE_FLOPS: dict[str, int] = {
 
 # Additive ops: a complex element costs 2 real ops, not 4.
 COMPLEX_ADDITIVE = frozenset({"add", "sub", "rsub", "neg", "eq", "ne"})
+
+aten = torch.ops.aten
 
 Extra = Callable[[tuple, dict], int]
 
@@ -292,3 +298,8 @@ _FAMILY["polar"] = lambda op: _polar_flops
 _FAMILY["equal"] = lambda op: _equal_flops
 
 register_family(_FAMILY)
+
+# These two have a CPU kernel and a CompositeImplicit one: without a rule of their own the
+# counter would run the decomposition instead of the kernel (different rounding).
+for _op in (aten.silu_backward.default, aten.mish_backward.default):
+    register_formula(_op)(pointwise_formula(base_name(_op), _op))

@@ -15,7 +15,7 @@ import torch
 from torch._ops import OpOverload
 
 from dispatchcount.formulas._helpers import base_name
-from dispatchcount.registry import CONVENTIONS, ZERO, register_resolver
+from dispatchcount.registry import CONVENTIONS, ZERO, register_resolver, register_zero
 
 __all__ = ["ZERO_GROUPS", "zero_names"]
 
@@ -41,7 +41,7 @@ ZERO_GROUPS: dict[str, tuple[str, ...]] = {
         "repeat_interleave", "flip", "roll", "rot90", "tril", "triu", "diag_embed",
         "constant_pad_nd", "reflection_pad1d", "reflection_pad2d", "reflection_pad3d",
         "replication_pad1d", "replication_pad2d", "replication_pad3d", "pixel_shuffle",
-        "pixel_unshuffle", "channel_shuffle", "im2col", "complex", "upsample_nearest1d",
+        "pixel_unshuffle", "channel_shuffle", "native_channel_shuffle", "im2col", "complex", "upsample_nearest1d",
         "upsample_nearest2d", "upsample_nearest3d", "_upsample_nearest_exact1d",
         "_upsample_nearest_exact2d", "_upsample_nearest_exact3d", "as_strided_scatter",
         "diagonal_scatter", "select_scatter", "slice_scatter", "select_backward",
@@ -146,3 +146,14 @@ def _zero_by_name(op: OpOverload) -> Any:
 _NAMES = zero_names()
 for _convention in CONVENTIONS:
     register_resolver(_convention, _zero_by_name)
+
+# native_channel_shuffle has a CPU kernel besides its CompositeImplicit one: an explicit zero
+# keeps the counter from running the decomposition instead of the kernel.
+register_zero(torch.ops.aten.native_channel_shuffle.default)
+
+# Outside aten: the profiler's record_function markers (every ``optimizer.step()`` runs them).
+register_zero(
+    torch.ops.profiler._record_function_enter,
+    torch.ops.profiler._record_function_enter_new,
+    torch.ops.profiler._record_function_exit,
+)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from typing import Any, Callable, Optional
 
+import torch
 from torch._ops import OpOverload
 
 from dispatchcount.formulas._helpers import (
@@ -29,6 +30,7 @@ from dispatchcount.formulas._helpers import (
     register_family,
 )
 from dispatchcount.formulas.reduction import norm_cost
+from dispatchcount.registry import register_formula
 
 __all__ = [
     "normalize_forward_cost",
@@ -311,7 +313,6 @@ FAMILY: dict[str, Callable[[OpOverload], Any]] = {
     "native_layer_norm_backward": _const(_layer_norm_backward),
     "native_group_norm": _const(_group_norm),
     "native_group_norm_backward": _const(_group_norm_backward),
-    "_fused_rms_norm": _const(_rms_norm),
     "_fused_rms_norm_backward": _const(_rms_norm_backward),
     "_weight_norm_interface": _const(_weight_norm),
     "_weight_norm_interface_backward": _const(_weight_norm_backward),
@@ -320,3 +321,7 @@ FAMILY: dict[str, Callable[[OpOverload], Any]] = {
 }
 
 register_family(FAMILY)
+
+# _fused_rms_norm is CompositeImplicit with CUDA, MPS and XPU kernels: a rule of its own keeps
+# the counter from running the decomposition where the kernel would run.
+register_formula(torch.ops.aten._fused_rms_norm.default)(_rms_norm)

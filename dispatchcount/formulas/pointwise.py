@@ -291,13 +291,13 @@ def _factory(name: str) -> Callable[[OpOverload], Callable[..., int]]:
     return lambda op: pointwise_formula(name, op)
 
 
-_FAMILY: dict[str, Callable[[OpOverload], Any]] = {name: _factory(name) for name in POINTWISE_FLOPS}
-_FAMILY["conj_physical"] = lambda op: _conj_physical_flops
-_FAMILY["_conj_physical"] = lambda op: _conj_physical_flops
-_FAMILY["polar"] = lambda op: _polar_flops
-_FAMILY["equal"] = lambda op: _equal_flops
+FAMILY: dict[str, Callable[[OpOverload], Any]] = {name: _factory(name) for name in POINTWISE_FLOPS}
+FAMILY["conj_physical"] = lambda op: _conj_physical_flops
+FAMILY["_conj_physical"] = lambda op: _conj_physical_flops
+FAMILY["polar"] = lambda op: _polar_flops
+FAMILY["equal"] = lambda op: _equal_flops
 
-register_family(_FAMILY)
+register_family(FAMILY)
 
 # These two have a CPU kernel and a CompositeImplicit one: without a rule of their own the
 # counter would run the decomposition instead of the kernel (different rounding).

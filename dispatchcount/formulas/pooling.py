@@ -23,6 +23,7 @@ from functools import lru_cache
 from math import ceil, prod
 from typing import Any, Callable
 
+import torch
 from torch._ops import OpOverload
 
 from dispatchcount.formulas._helpers import (
@@ -33,6 +34,7 @@ from dispatchcount.formulas._helpers import (
     register_family,
     result_tensor,
 )
+from dispatchcount.registry import register_formula
 
 __all__ = ["adaptive_window_sum", "INTERPOLATION_TAPS"]
 
@@ -330,8 +332,13 @@ def _make_family() -> dict[str, Callable[[OpOverload], Any]]:
     family["affine_grid_generator"] = _const(_affine_grid)
     family["cudnn_affine_grid_generator"] = _const(_cudnn_affine_grid)
     family["cudnn_affine_grid_generator_backward"] = _const(_cudnn_affine_grid_backward)
-    return family
+    # The loops above name every dimensionality; keep the ops PyTorch defines.
+    return {name: rule for name, rule in family.items() if hasattr(torch.ops.aten, name)}
 
 
 FAMILY = _make_family()
 register_family(FAMILY)
+
+# max_pool2d is CompositeImplicit with an MPS kernel: a rule of its own keeps the counter from
+# running the decomposition where the kernel would run.
+register_formula(torch.ops.aten.max_pool2d.default)(_window_pool(2, 0)(torch.ops.aten.max_pool2d.default))

@@ -24,7 +24,6 @@ from dispatchcount.formulas._helpers import (
     register_family,
     result_tensor,
 )
-from dispatchcount.formulas.pointwise import pointwise_formula
 
 __all__ = ["norm_cost", "REDUCTION_FLOPS"]
 
@@ -137,14 +136,6 @@ def _trace_flops(self: Tensor, *args: Any, out: Any = None, **kwargs: Any) -> in
     return dtype_factor(COMPLEX_ADD, self) * min(self.shape)
 
 
-def _max_min(op: OpOverload) -> Callable[..., int]:
-    # max/min have full and per-dim reductions, and binary overloads (max.other, max.out)
-    # that take the elementwise maximum: 1 comparison per result element.
-    if op._overloadname in ("other", "out"):
-        return pointwise_formula("maximum", op)
-    return _reduction_formula(1, 0, 1)
-
-
 def _allclose_flops(self: Tensor, other: Tensor, *args: Any, out: Any = None, **kwargs: Any) -> int:
     # |a - b| <= atol + rtol * |b|: sub, abs, abs, mul, add, compare per element.
     n = max(self.numel(), other.numel())
@@ -158,8 +149,9 @@ def _make_family() -> dict[str, Callable[[OpOverload], Any]]:
         family[name] = lambda op, formula=formula: formula
     family["_cummax_helper"] = family["cummax"]
     family["_cummin_helper"] = family["cummin"]
-    family["max"] = _max_min
-    family["min"] = _max_min
+    # max/min: the full and per-dim reductions (max(x, y) is CompositeImplicit: maximum).
+    max_min = _reduction_formula(1, 0, 1)
+    family["max"] = family["min"] = lambda op: max_min
     family["_log_softmax"] = _log_softmax
     family["log_softmax"] = _log_softmax
     family["norm"] = lambda op: _norm(op, "p")

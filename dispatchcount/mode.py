@@ -242,6 +242,11 @@ class _CountingDispatch(TorchDispatchMode):
             self.counter._note_error(func, error)
             return out
 
+        self.record(func, flops)
+        return out
+
+    def record(self, func: Any, flops: int) -> None:
+        """Add ``flops`` and one call to ``func`` in the running module and phase."""
         node = _current_node()
         if node is None:
             key = (self.tracker.current, func, FORWARD)
@@ -254,7 +259,6 @@ class _CountingDispatch(TorchDispatchMode):
         else:
             record[0] += flops
             record[1] += 1
-        return out
 
 
     def _run_higher_order(self, func: Any, args: tuple, kwargs: dict) -> Any:

@@ -76,7 +76,7 @@ class FlopMode:
         self._errors.clear()
         self._tracker = ModuleTracker(self.model)
         self._tracker.start()
-        self._dispatch = _CountingDispatch(self)
+        self._dispatch = self._make_dispatch()
         try:
             self._dispatch.__enter__()
         except BaseException:
@@ -96,6 +96,13 @@ class FlopMode:
             self._warn_uncounted()
             if self.display:
                 print(self.table())
+
+    def _make_dispatch(self) -> "_CountingDispatch":
+        if self.convention == "fvcore":  # fvcore's composite ops are also counted at the Python call
+            from dispatchcount.fvcore_mode import FvcoreDispatch
+
+            return FvcoreDispatch(self)
+        return _CountingDispatch(self)
 
     # -- recording (called from the dispatch hook) -----------------------------------------
 
@@ -146,6 +153,11 @@ class FlopMode:
     def by_module_and_operator(self, phase: Optional[str] = None) -> dict[str, dict[str, int]]:
         """{module: {operator: FLOPs}}, inclusive of children."""
         return report.by_module_and_operator(self._records, self._module_names(), phase)
+
+    def beyond_fvcore(self, phase: Optional[str] = None) -> dict[str, int]:
+        """Under ``convention="fvcore"``: {operator: FLOPs} of matmul-like ops fvcore has no
+        handle for (attention, baddbmm, ...), counted here but absent from fvcore's total."""
+        return report.beyond_fvcore(self, phase)
 
     def unsupported_ops(self) -> dict[str, int]:
         """{operator: calls} of ops that ran with no rule, or whose formula failed."""
@@ -232,6 +244,11 @@ class _CountingDispatch(TorchDispatchMode):
             self.counter._note_error(func, error)
             return out
 
+        self.record(func, flops)
+        return out
+
+    def record(self, func: Any, flops: int) -> None:
+        """Add ``flops`` and one call to ``func`` in the running module and phase."""
         node = _current_node()
         if node is None:
             key = (self.tracker.current, func, FORWARD)
@@ -244,7 +261,6 @@ class _CountingDispatch(TorchDispatchMode):
         else:
             record[0] += flops
             record[1] += 1
-        return out
 
 
     def _run_higher_order(self, func: Any, args: tuple, kwargs: dict) -> Any:

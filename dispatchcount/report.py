@@ -59,6 +59,15 @@ def by_operator(records: Records, phase: Optional[str] = None) -> dict[str, int]
     return dict(sorted(result.items(), key=lambda item: -item[1]))
 
 
+def beyond_fvcore(mode: "FlopMode", phase: Optional[str] = None) -> dict[str, int]:
+    """{operator: FLOPs} counted under convention "fvcore" for ops fvcore has no handle for."""
+    if mode.convention != "fvcore":
+        return {}
+    from dispatchcount.formulas.fvcore_rules import is_beyond_fvcore
+
+    return {op: flops for op, flops in mode.by_operator(phase).items() if is_beyond_fvcore(op)}
+
+
 def calls_by_operator(records: Records) -> dict[str, int]:
     result: dict[str, int] = {}
     for (_, func, _), (_, calls) in records.items():
@@ -139,6 +148,11 @@ def table(mode: "FlopMode", depth: int = 3) -> str:
         finally:
             tabulate.PRESERVE_WHITESPACE = preserve
     text = f"convention: {mode.convention}\n" + body
+    beyond = beyond_fvcore(mode)
+    if beyond:
+        text += "\ncounted beyond fvcore (fvcore has no handle for them): " + ", ".join(
+            f"{op} {human(flops)}" for op, flops in beyond.items()
+        )
     uncounted = mode.unsupported_ops()
     if uncounted:
         text += "\nnot counted (no rule or failing formula): " + ", ".join(
@@ -170,6 +184,7 @@ def to_dict(mode: "FlopMode") -> dict[str, Any]:
         "by_operator": mode.by_operator(),
         "operator_calls": calls_by_operator(mode._records),
         "by_module_and_operator": mode.by_module_and_operator(),
+        "beyond_fvcore": beyond_fvcore(mode),
         "unsupported_ops": mode.unsupported_ops(),
         "formula_errors": mode.formula_errors(),
         "uncalled_modules": sorted(mode.uncalled_modules()),

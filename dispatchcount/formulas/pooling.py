@@ -34,7 +34,6 @@ from dispatchcount.formulas._helpers import (
     register_family,
     result_tensor,
 )
-from dispatchcount.registry import register_formula
 
 __all__ = ["adaptive_window_sum", "INTERPOLATION_TAPS"]
 
@@ -338,7 +337,3 @@ def _make_family() -> dict[str, Callable[[OpOverload], Any]]:
 
 FAMILY = _make_family()
 register_family(FAMILY)
-
-# max_pool2d is CompositeImplicit with an MPS kernel: a rule of its own keeps the counter from
-# running the decomposition where the kernel would run.
-register_formula(torch.ops.aten.max_pool2d.default)(_window_pool(2, 0)(torch.ops.aten.max_pool2d.default))

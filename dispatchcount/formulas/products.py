@@ -49,11 +49,6 @@ def _linear(input, weight, bias=None, *args, out=None, **kwargs):
     return matmul.mkldnn_linear_flop(input, weight)
 
 
-# linear is CompositeImplicit (addmm/mm on CPU and CUDA) but has an MPS kernel: a rule of its
-# own keeps the counter from running the decomposition where the kernel would run.
-register_formula(aten.linear.default)(_linear)
-
-
 def _linear_backward(self, grad_output, weight, output_mask, *args, out=None, **kwargs):
     # grad_input = g W (rows out in), grad_weight = g^T x (rows out in), grad_bias = sum g.
     out_features, in_features = weight.shape

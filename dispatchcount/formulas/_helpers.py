@@ -23,6 +23,7 @@ __all__ = [
     "dtype_factor",
     "first_tensor",
     "first_tensor_list",
+    "has_arg",
     "out_argument_names",
     "register_family",
     "without_out_arguments",

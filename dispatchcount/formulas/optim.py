@@ -23,7 +23,6 @@ from torch._ops import OpOverload
 from dispatchcount.formulas._helpers import (
     COMPLEX_ADD,
     COMPLEX_MUL,
-    Tensor,
     dtype_factor,
     first_tensor_list,
     register_family,

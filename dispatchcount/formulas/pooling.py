@@ -119,7 +119,8 @@ def _adaptive_reads(inp: Tensor, out_shape: Any, ndim: int) -> int:
     lead = prod(inp.shape[:-ndim]) if inp.dim() > ndim else 1
     reads = lead
     for i in range(ndim):
-        reads *= adaptive_window_sum(inp.shape[inp.dim() - ndim + i], out_shape[len(out_shape) - ndim + i])
+        in_size = int(inp.shape[inp.dim() - ndim + i])  # ints: cacheable (and SymInts specialize)
+        reads *= adaptive_window_sum(in_size, int(out_shape[len(out_shape) - ndim + i]))
     return reads
 
 

@@ -11,7 +11,7 @@ See docs/conventions.md, "Reductions, scans, softmax".
 from __future__ import annotations
 
 from math import inf
-from typing import Any, Callable, Optional
+from typing import Any, Callable
 
 from torch._ops import OpOverload
 

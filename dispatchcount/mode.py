@@ -19,6 +19,7 @@ __all__ = ["FlopMode", "count_flops", "UnsupportedOperatorError", "FormulaError"
 FORWARD, BACKWARD, RECOMPUTE = "forward", "backward", "recompute"
 
 _current_node = torch._C._current_autograd_node
+_COMPOSITE_IMPLICIT = torch._C.DispatchKey.CompositeImplicitAutograd
 
 
 class UnsupportedOperatorError(RuntimeError):
@@ -222,11 +223,11 @@ class _CountingDispatch(TorchDispatchMode):
         if rule is ZERO:
             return func(*args, **kwargs)
         if rule is DECOMPOSE:
+            # Run the C++ CompositeImplicit kernel, as a plain run does. (func.decompose() would
+            # prefer a Python decomposition where torch._decomp registered one, e.g. for
+            # upsample_bilinear2d.vec under inference_mode, which rounds differently.)
             with self:
-                out = func.decompose(*args, **kwargs)
-            if out is not NotImplemented:
-                return out
-            rule = UNSUPPORTED
+                return func._op_dk(_COMPOSITE_IMPLICIT, *args, **kwargs)
         if rule is UNSUPPORTED:
             self.counter._note_unsupported(func)
             return func(*args, **kwargs)

@@ -68,3 +68,28 @@ def test_quantization_costs_are_documented():
     assert QUANTIZATION_FLOPS["quantize_per_tensor"] == 5 and "quantize 5 per element" in text
     assert QUANTIZATION_FLOPS["quantize_per_tensor_dynamic"] == 7 and "dynamic quantization 7" in text
     assert QUANTIZATION_FLOPS["fake_quantize_per_tensor_affine_cachemask"] == 7 and "fake quantization 7" in text
+
+
+def test_coverage_figures_are_the_current_ones():
+    import collections
+
+    import torch
+
+    from dispatchcount.registry import DECOMPOSE, UNSUPPORTED, ZERO, resolve
+
+    kinds = collections.Counter()
+    for qualified in torch._C._dispatch_get_all_op_names():
+        if qualified.startswith("aten::"):
+            name, _, overload = qualified[len("aten::"):].partition(".")
+            rule = resolve(getattr(getattr(torch.ops.aten, name), overload or "default"), "flop")
+            kind = {id(ZERO): "zero", id(DECOMPOSE): "decompose", id(UNSUPPORTED): "none"}
+            kinds[kind.get(id(rule), "formula")] += 1
+    stated = (
+        f"**{sum(kinds.values())} aten dispatcher overloads:\n{kinds['formula']} formulas, "
+        f"{kinds['zero']} explicit zeros, {kinds['decompose']} CompositeImplicit decompositions, "
+        f"0 without a rule.**"
+    )
+    text = DOC.read_text()
+    version = text[text.index("Coverage (PyTorch ") + len("Coverage (PyTorch "):].split(",", 1)[0]
+    if torch.__version__.startswith(version):  # the figures are those of the stated version
+        assert stated in text

@@ -71,6 +71,19 @@ def test_qr_svd_eigen():
     assert resolve(torch.ops.aten._linalg_eigvals.default)(meta, out=meta) == 10 * 64
 
 
+def test_mode_sensitive_composites_under_inference_mode():
+    # Reaching the counter whole, they run as in a plain run and cost their own rules.
+    a, s = torch.randn(6, 4, dtype=torch.float64), spd(4)
+    with torch.inference_mode():
+        # values-only SVD: 4 m n^2 - 4 n^3/3 = 384 - 85
+        assert counted(lambda: torch.linalg.svdvals(a)) == {"aten.linalg_svdvals": 299}
+        assert counted(lambda: torch.linalg.eigvalsh(s)) == {"aten.linalg_eigvalsh": 256 // 3}
+        # 2-norm condition number: values-only SVD of 4x4 (256 - 85) and one divide
+        assert counted(lambda: torch.linalg.cond(A4)) == {"aten.linalg_cond": 171 + 1}
+        # Frobenius: inverse (128) and two norms (2 * 16 + 1 each), one multiply
+        assert counted(lambda: torch.linalg.cond(A4, "fro")) == {"aten.linalg_cond": 128 + 2 * 33 + 1}
+
+
 def test_least_squares_pinv_matrix_exp():
     a, b = torch.randn(6, 4, dtype=torch.float64), torch.randn(6, 2, dtype=torch.float64)
     # QR (150) + Q^T B: 4 M r k - 2 r k^2 = 192 - 64 + back substitution k^2 r = 32

@@ -1,8 +1,9 @@
 """PyTorch's OpInfo database under FlopMode: same outputs, nothing raised, nothing unsupported.
 
 For every op in ``torch.testing._internal.common_methods_invocations.op_db`` that supports
-float32 on CPU: two samples of the functional variant, one of the in-place variant, one with
-``out=``, and one forward + backward (gradients compared too). Each run is reseeded, so random
+float32 on CPU: two samples of the functional variant, one under ``torch.inference_mode()``
+(where CompositeImplicit ops reach the mode whole and are decomposed by it), one of the in-place
+variant, one with ``out=``, and one forward + backward (gradients compared too). Each run is reseeded, so random
 ops draw the same numbers in both runs.
 
 "Bit-identical" allows these documented exceptions, each checked rather than assumed:
@@ -88,9 +89,12 @@ def _same_metadata(a: Any, b: Any) -> bool:
     )
 
 
-def _run(fn: Callable[..., Any], args: tuple, kwargs: dict, backward: bool) -> Any:
+def _run(fn: Callable[..., Any], args: tuple, kwargs: dict, backward: bool, inference: bool = False) -> Any:
     args, kwargs = _clone(args), _clone(kwargs)
     torch.manual_seed(0)
+    if inference:
+        with torch.inference_mode():
+            return fn(*args, **kwargs)
     out = fn(*args, **kwargs)
     if not backward:
         return out
@@ -103,16 +107,16 @@ def _run(fn: Callable[..., Any], args: tuple, kwargs: dict, backward: bool) -> A
 
 
 def _check(fn: Callable[..., Any], args: tuple, kwargs: dict, what: str, problems: list,
-           backward: bool = False, uninitialized: bool = False) -> None:
+           backward: bool = False, uninitialized: bool = False, inference: bool = False) -> None:
     try:
-        reference = _run(fn, args, kwargs, backward)
+        reference = _run(fn, args, kwargs, backward, inference)
     except Exception:
         return  # the op itself rejects this sample: nothing to compare
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
             with FlopMode() as mode:
-                counted = _run(fn, args, kwargs, backward)
+                counted = _run(fn, args, kwargs, backward, inference)
         except Exception as error:
             problems.append(f"{what}: raised under FlopMode but not without it: {error!r}")
             return
@@ -120,12 +124,12 @@ def _check(fn: Callable[..., Any], args: tuple, kwargs: dict, what: str, problem
         problems.append(f"{what}: unsupported {mode.unsupported_ops()} {mode.formula_errors()}")
     if _identical(reference, counted):
         return
-    if uninitialized or not _identical(reference, _run(fn, args, kwargs, backward)):
+    if uninitialized or not _identical(reference, _run(fn, args, kwargs, backward, inference)):
         if not _same_metadata(reference, counted):
             problems.append(f"{what}: nondeterministic op, and shapes/dtypes differ under FlopMode")
         return
     with _PassThrough():
-        under_any_mode = _run(fn, args, kwargs, backward)
+        under_any_mode = _run(fn, args, kwargs, backward, inference)
     if _identical(reference, under_any_mode) or not _identical(under_any_mode, counted):
         problems.append(f"{what}: output differs under FlopMode")
 
@@ -145,6 +149,10 @@ def test_opinfo_sample_is_unchanged_and_counted(op: Any) -> None:
     for i, sample in enumerate(samples):
         args = (sample.input, *sample.args)
         _check(op.op, args, sample.kwargs, f"functional sample {i}", problems, uninitialized=uninitialized)
+    if samples:
+        s = samples[0]
+        _check(op.op, (s.input, *s.args), s.kwargs, "inference_mode", problems,
+               uninitialized=uninitialized, inference=True)
     if samples and op.inplace_variant is not None:
         s = samples[0]
         _check(op.inplace_variant, (s.input, *s.args), s.kwargs, "in-place", problems,

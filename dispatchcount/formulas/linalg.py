@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
+import torch
 from torch._ops import OpOverload
 
 from dispatchcount.formulas._helpers import (
@@ -30,6 +31,7 @@ from dispatchcount.formulas._helpers import (
     dtype_factor,
     register_family,
 )
+from dispatchcount.registry import register_formula
 
 __all__ = ["lu_flops", "qr_flops", "orgqr_flops", "svd_flops"]
 
@@ -311,6 +313,35 @@ def _trilinear(i1, i2, i3, expand1, expand2, expand3, sumdim, *args, out=None, *
     return _f(i1, i2, i3) * 2 * space
 
 
+def _svdvals(a, *args, out=None, **kwargs):
+    m, n = _mn(a)
+    return _f(a) * _batch(a) * svd_flops(m, n, False, False)
+
+
+def _eigvalsh(a, *args, out=None, **kwargs):
+    return _f(a) * _batch(a) * (4 * a.shape[-1] ** 3 // 3)
+
+
+def _matrix_norm_flops(p: Any, n: int) -> int:
+    # Frobenius: square and add (2n^2) and a root; nuclear: singular values and their sum;
+    # 1/inf norms: abs, column (row) sums, max.
+    if p == "fro":
+        return 2 * n * n + 1
+    if p == "nuc":
+        return svd_flops(n, n, False, False) + n
+    return 2 * n * n + n
+
+
+def _cond(a, p=None, *args, out=None, **kwargs):
+    # p = 2 / -2 / None: the ratio of extreme singular values; otherwise ||A|| ||A^-1||.
+    n = a.shape[-1]
+    if p is None or p in (2, -2):
+        cost = svd_flops(n, n, False, False) + 1
+    else:
+        cost = 2 * n**3 + 2 * _matrix_norm_flops(p, n) + 1
+    return _f(a) * _batch(a) * cost
+
+
 def _const(formula: Callable[..., int]) -> Callable[[OpOverload], Callable[..., int]]:
     return lambda op: formula
 
@@ -355,3 +386,15 @@ FAMILY: dict[str, Callable[[OpOverload], Any]] = {
 }
 
 register_family(FAMILY)
+
+# CompositeImplicit ops that ATen computes differently while a dispatch mode is active (it
+# cannot rule out a gradient, so it also computes vectors). They reach the counter whole only
+# under torch.inference_mode(); a rule of their own runs them as a plain run does, instead of
+# decomposing them with the mode active.
+for _op, _formula in (
+    (torch.ops.aten.linalg_svdvals.default, _svdvals),
+    (torch.ops.aten.linalg_eigvalsh.default, _eigvalsh),
+    (torch.ops.aten.linalg_cond.default, _cond),
+    (torch.ops.aten.linalg_cond.p_str, _cond),
+):
+    register_formula(_op)(_formula)

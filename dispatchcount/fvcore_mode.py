@@ -41,7 +41,7 @@ from torch._ops import OpOverload
 from torch.nn.modules.module import register_module_forward_hook, register_module_forward_pre_hook
 from torch.overrides import TorchFunctionMode
 
-from dispatchcount.mode import BACKWARD, FORWARD, RECOMPUTE, _as_count, _CountingDispatch
+from dispatchcount.mode import _as_count, _CountingDispatch
 from dispatchcount.registry import resolve
 
 __all__ = ["FvcoreDispatch", "FvcoreFunctionMode"]
@@ -305,22 +305,7 @@ class FvcoreDispatch(_CountingDispatch):
         except Exception as error:
             self.counter._note_error(op, error)
             return
-        self._charge(op, flops)
-
-    def _charge(self, op: OpOverload, flops: int) -> None:
-        # The same bookkeeping as _CountingDispatch.__torch_dispatch__'s tail.
-        node = torch._C._current_autograd_node()
-        if node is None:
-            key = (self.tracker.current, op, FORWARD)
-        else:
-            frame, recompute = self.tracker.backward_frame(node)
-            key = (frame, op, RECOMPUTE if recompute else BACKWARD)
-        record = self.records.get(key)
-        if record is None:
-            self.records[key] = [flops, 1]
-        else:
-            record[0] += flops
-            record[1] += 1
+        self.record(op, flops)
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         if self.suspended:

@@ -19,6 +19,7 @@ __all__ = ["FlopMode", "count_flops", "UnsupportedOperatorError", "FormulaError"
 FORWARD, BACKWARD, RECOMPUTE = "forward", "backward", "recompute"
 
 _current_node = torch._C._current_autograd_node
+_COMPOSITE_IMPLICIT = torch._C.DispatchKey.CompositeImplicitAutograd
 
 
 class UnsupportedOperatorError(RuntimeError):
@@ -222,11 +223,11 @@ class _CountingDispatch(TorchDispatchMode):
         if rule is ZERO:
             return func(*args, **kwargs)
         if rule is DECOMPOSE:
+            # Run the C++ CompositeImplicit kernel, as a plain run does. (func.decompose() would
+            # prefer a Python decomposition where torch._decomp registered one, e.g. for
+            # upsample_bilinear2d.vec under inference_mode, which rounds differently.)
             with self:
-                out = func.decompose(*args, **kwargs)
-            if out is not NotImplemented:
-                return out
-            rule = UNSUPPORTED
+                return func._op_dk(_COMPOSITE_IMPLICIT, *args, **kwargs)
         if rule is UNSUPPORTED:
             self.counter._note_unsupported(func)
             return func(*args, **kwargs)
@@ -235,6 +236,8 @@ class _CountingDispatch(TorchDispatchMode):
 
         out = func(*args, **kwargs)
         try:
+            if "out" in kwargs:  # an ``.out`` overload: its out= tensor is the result, passed once
+                kwargs = {k: v for k, v in kwargs.items() if k != "out"}
             flops = rule(*args, out=out, **kwargs)
             if type(flops) is not int:
                 flops = _as_count(flops)
@@ -242,6 +245,11 @@ class _CountingDispatch(TorchDispatchMode):
             self.counter._note_error(func, error)
             return out
 
+        self.record(func, flops)
+        return out
+
+    def record(self, func: Any, flops: int) -> None:
+        """Add ``flops`` and one call to ``func`` in the running module and phase."""
         node = _current_node()
         if node is None:
             key = (self.tracker.current, func, FORWARD)
@@ -254,7 +262,6 @@ class _CountingDispatch(TorchDispatchMode):
         else:
             record[0] += flops
             record[1] += 1
-        return out
 
 
     def _run_higher_order(self, func: Any, args: tuple, kwargs: dict) -> Any:

@@ -133,16 +133,6 @@ def _has_composite_implicit(op: OpOverload) -> bool:
         return False
 
 
-def _without_out_kwarg(formula: Formula) -> Formula:
-    # For ``.out`` overloads the ``out=`` tensor is also the result: pass it once, as ``out``.
-    def formula_for_out_overload(*args: Any, out: Any = None, **kwargs: Any) -> int:
-        kwargs.pop("out", None)
-        return formula(*args, out=out, **kwargs)
-
-    formula_for_out_overload.__wrapped__ = formula  # type: ignore[attr-defined]
-    return formula_for_out_overload
-
-
 def _resolve_uncached(op: OpOverload, convention: str) -> Any:
     formulas = _formulas[convention]
     if isinstance(op, HigherOrderOperator):
@@ -150,8 +140,6 @@ def _resolve_uncached(op: OpOverload, convention: str) -> Any:
     packet = op._overloadpacket
     formula = formulas.get(op) or formulas.get(packet)
     if formula is not None:
-        if any(a.name == "out" and a.kwarg_only for a in op._schema.arguments):
-            return _without_out_kwarg(formula)
         return formula
     if op in _zeros or packet in _zeros:
         return ZERO

@@ -218,8 +218,9 @@ def _bwd_kernel(
             else:
                 bias = tl.zeros([BLOCK_D], dtype=tl.float32)
             state_row = (b * dim + d[:, None]) * n_chunks * N + offs_n[None, :]
-            h0 = tl.load(states_ptr + state_row + tl.maximum(c - 1, 0) * N,
-                         mask=mask_dn & (c > 0), other=0.0)
+            h0 = tl.load(states_ptr + state_row + tl.maximum(c - 1, 0) * N, mask=mask_dn,
+                         other=0.0)
+            h0 = tl.where(c > 0, h0, 0.0)  # the first chunk starts from h = 0
 
             dt_row = delta_ptr + b * sdt_b + d[:, None] * sdt_d
             delta, raw = _load_delta(dt_row + t[None, :] * sdt_l, m2, bias, SOFTPLUS)

@@ -39,7 +39,7 @@ else:
     # (batch, dim, L, N, G, has_D, has_z, has_bias, softplus, B_3d); chunks are 64 steps here.
     CONFIGS = [
         (2, 4, 37, 4, 2, True, True, True, True, False),
-        (1, 4, 150, 4, 4, False, True, False, True, False),   # 3 chunks, ragged last
+        (1, 4, 130, 4, 2, False, True, False, True, False),   # 3 chunks, ragged last
         (2, 3, 64, 3, 1, True, False, True, False, True),     # exactly one chunk, B (batch, N, L)
         (1, 8, 70, 1, 2, False, False, False, False, False),  # N = 1
         (1, 2, 20, 16, 1, True, True, False, False, False),   # N = 16
@@ -60,28 +60,33 @@ else:
         compare_with_reference(selective_scan_triton, CONFIGS[0], torch.float16, rtol=2e-3,
                                atol_frac=2e-3)
 
-    @pytest.mark.parametrize("block_d,n_sub", [(1, 4), (2, 2), (4, 1)])
-    def test_triton_backward_channel_blocking(block_d, n_sub):
-        """Programs covering several sub-blocks, channel counts that do not divide evenly."""
-        u, delta, A, B, C, D, z, bias = make_inputs(2, 10, 80, 3, 2, has_D=True, has_z=True,
+    @pytest.mark.parametrize("block_d,steps,keep_decay", [(1, 4, False), (2, 1, True), (4, 8, True)])
+    def test_triton_kernel_tilings(block_d, steps, keep_decay):
+        """Other tile shapes than the defaults: channel blocks that do not divide the group,
+        other step counts, and the backward variant that keeps the decays in registers."""
+        u, delta, A, B, C, D, z, bias = make_inputs(1, 6, 70, 3, 2, has_D=True, has_z=True,
                                                     has_bias=True, requires_grad=False)
-        dout, dlast = torch.randn_like(u), torch.randn(2, 10, 3)
+        dout, dlast = torch.randn_like(u), torch.randn(1, 6, 3)
+        want_fwd = torch.ops.dispatchcount.selective_scan(u, delta, A, B, C, D, z, bias, True, True)
+        got_fwd = triton_kernels.forward(u, delta, A, B, C, D, z, bias, True, True,
+                                         block_d=block_d, steps=steps)
+        for name, g, w in zip(["out", "last_state", "states"], got_fwd, want_fwd):
+            torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-5, msg=lambda m: f"{name}: {m}")
         want = torch.ops.dispatchcount.selective_scan_backward(
-            dout, dlast, u, delta, A, B, C, D, z, bias, True, u.new_empty(2, 10, 0, 3))
-        _, _, states = triton_kernels.forward(u, delta, A, B, C, D, z, bias, True, True,
-                                              block_d=block_d)
-        got = triton_kernels.backward(dout, dlast, u, delta, A, B, C, D, z, bias, True, states,
-                                      block_d=block_d, n_sub=n_sub)
+            dout, dlast, u, delta, A, B, C, D, z, bias, True, u.new_empty(1, 6, 0, 3))
+        got = triton_kernels.backward(dout, dlast, u, delta, A, B, C, D, z, bias, True,
+                                      got_fwd[2], block_d=block_d, steps=steps,
+                                      keep_decay=keep_decay)
         for name, g, w in zip(["du", "ddelta", "dA", "dB", "dC", "dD", "dz", "dbias"], got, want):
             torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-4 * w.abs().max().item(),
                                        msg=lambda m: f"{name}: {m}")
 
     def test_triton_states_match_the_reference_and_backward_recomputes_them():
-        inputs = make_inputs(1, 4, 150, 4, 2, has_D=True, has_z=False, has_bias=True,
+        inputs = make_inputs(1, 4, 130, 4, 2, has_D=True, has_z=False, has_bias=True,
                              requires_grad=False)
         out, last, states = triton_kernels.forward(*inputs, True, True)
         _, _, hs = reference_scan(*inputs, delta_softplus=True)
-        torch.testing.assert_close(states.double(), hs[:, :, [63, 127, 149]], rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(states.double(), hs[:, :, [63, 127, 129]], rtol=1e-4, atol=1e-5)
         torch.testing.assert_close(last.double(), hs[:, :, -1], rtol=1e-4, atol=1e-5)
         dout = torch.randn_like(out)
         with_states = triton_kernels.backward(dout, None, *inputs, True, states)

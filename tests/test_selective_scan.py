@@ -157,9 +157,12 @@ def test_forward_and_gradients_bf16(cfg):
     compare_with_reference(selective_scan, cfg, torch.bfloat16, rtol=1e-2, atol_frac=1e-2)
 
 
-def test_multi_segment_path_matches_reference(monkeypatch):
-    """Long sequences are processed in segments; force several, with a ragged last one."""
+@pytest.mark.parametrize("small_step", [0, 1 << 30])
+def test_multi_segment_path_matches_reference(monkeypatch, small_step):
+    """Long sequences are processed in segments; force several, with a ragged last one, with
+    the plain sequential scan and with the two-level one."""
     monkeypatch.setattr(pytorch_kernel, "_SEGMENT_ELEMENTS", 1)  # segment = one state chunk
+    monkeypatch.setattr(pytorch_kernel, "_SMALL_STEP", small_step)
     cfg = (2, 4, 64 * 3 + 17, 4, 2, True, True, True, True, False)
     compare_with_reference(selective_scan, cfg, torch.float32, rtol=1e-4, atol_frac=1e-4)
 
@@ -181,17 +184,28 @@ def test_saved_states_are_the_states_at_chunk_ends():
     assert none.shape == (2, 4, 0, 3)
 
 
-def test_linear_scan_matches_a_loop():
+@pytest.mark.parametrize("small_step", [0, 1 << 30])  # sequential; two-level with ragged tail
+def test_linear_scan_matches_a_loop(monkeypatch, small_step):
+    monkeypatch.setattr(pytorch_kernel, "_SMALL_STEP", small_step)
     g = torch.Generator().manual_seed(3)
     for steps in (1, 2, 3, 10, 37):
-        a = torch.rand(2, steps, 3, generator=g, dtype=torch.float64)
-        b = torch.randn(2, steps, 3, generator=g, dtype=torch.float64)
+        a = torch.rand(steps, 2, 3, generator=g, dtype=torch.float64)
+        b = torch.randn(steps, 2, 3, generator=g, dtype=torch.float64)
         h0 = torch.randn(2, 3, generator=g, dtype=torch.float64)
         h, want = h0, []
         for t in range(steps):
-            h = a[:, t] * h + b[:, t]
+            h = a[t] * h + b[t]
             want.append(h)
-        torch.testing.assert_close(pytorch_kernel.linear_scan(a, b, h0), torch.stack(want, 1))
+        torch.testing.assert_close(pytorch_kernel.linear_scan(a, b, h0), torch.stack(want))
+        # the adjoint direction: g_t = b_t + a_{t+1} g_{t+1}, from g_S = h0 with a_S = a_end
+        a_end = torch.rand(2, 3, generator=g, dtype=torch.float64)
+        g_t, a_t1, back = h0, a_end, []
+        for t in reversed(range(steps)):
+            g_t = b[t] + a_t1 * g_t
+            back.append(g_t)
+            a_t1 = a[t]
+        got = pytorch_kernel.reverse_linear_scan(a, b, h0, a_end)
+        torch.testing.assert_close(got, torch.stack(back[::-1]))
 
 
 def test_no_grad_inputs_and_float64_forward():

@@ -8,9 +8,9 @@ Math (per batch b, channel d, state n, time t; g = d // (dim // G)):
     y_t   = sum_n C[g, n, t] * h_t
     out   = (y + D * u) * silu(z)
 
-The recurrence runs over segments of the sequence (memory stays bounded), and inside a segment
-as a two-level scan: all blocks of ~sqrt(S) steps at once, then one carry per block, so a
-segment costs about 2*sqrt(S) vectorised steps instead of S.
+The recurrence runs over segments of the sequence (memory stays bounded), time-major, so a
+step is one contiguous vectorised op over (batch, dim, N); when that is small, as a two-level
+scan (all blocks of ~sqrt(S) steps at once, then one carry per block).
 
 Backward: the adjoint g_t = dL/dh_t obeys g_t = dy_t * C_t + a_{t+1} * g_{t+1}, a scan in
 reverse time; the states h are recomputed segment by segment from saved segment starts.
@@ -27,44 +27,69 @@ from torch import Tensor
 
 from .validation import check_inputs, compute_dtype, num_chunks, state_chunk
 
-__all__ = ["forward", "backward", "linear_scan"]
+__all__ = ["forward", "backward", "linear_scan", "reverse_linear_scan"]
 
-# Elements of one (batch, G, dim/G, segment, N) temporary; a few of them live at once.
+# Elements of one (segment, batch, G, dim/G, N) temporary; a few of them live at once.
 _SEGMENT_ELEMENTS = 1 << 22
+# Below this many elements per time step, the two-level scan saves Python-loop overhead.
+_SMALL_STEP = 8192
 
 
 def linear_scan(a: Tensor, b: Tensor, h0: Tensor) -> Tensor:
-    """All states of ``h_t = a_t * h_{t-1} + b_t`` along dim -2, with ``h_{-1} = h0``.
+    """All states of ``h_t = a_t * h_{t-1} + b_t`` along dim 0, with ``h_{-1} = h0``.
 
-    ``a`` and ``b`` have shape (..., S, N), ``h0`` (..., N); returns (..., S, N).
+    ``a`` and ``b`` have shape (S, ...), ``h0`` (...); returns (S, ...). Time-major, so each
+    step is one contiguous vectorised op. When a step is small, the steps are cut into ~sqrt(S)
+    blocks scanned all at once, plus one carry per block (2*sqrt(S) steps instead of S).
     """
-    steps = a.shape[-2]
-    block = max(1, math.isqrt(steps - 1) + 1) if steps > 1 else 1
-    nblocks = -(-steps // block)
-    pad = nblocks * block - steps
-    if pad:
-        a = F.pad(a, (0, 0, 0, pad), value=1.0)
-        b = F.pad(b, (0, 0, 0, pad), value=0.0)
-    a = a.unflatten(-2, (nblocks, block))
-    b = b.unflatten(-2, (nblocks, block))
-    # Level 1: scan inside every block at once, starting from 0.
-    local = torch.empty_like(b)
-    local[..., 0, :] = b[..., 0, :]
-    for t in range(1, block):
-        torch.addcmul(b[..., t, :], a[..., t, :], local[..., t - 1, :], out=local[..., t, :])
-    decay = torch.cumprod(a, dim=-2)  # products of a inside each block, up to t
-    # Level 2: the state entering each block.
-    starts = torch.empty_like(local[..., 0, :])
-    h = h0
-    for k in range(nblocks):
-        starts[..., k, :] = h
-        h = torch.addcmul(local[..., k, -1, :], decay[..., k, -1, :], h)
-    hs = torch.addcmul(local, decay, starts.unsqueeze(-2))
-    return hs.flatten(-3, -2)[..., :steps, :]
+    steps = a.shape[0]
+    per_step = a[0].numel()
+    block = steps if per_step >= _SMALL_STEP else max(1, math.isqrt(steps))
+    nblocks = steps // block
+    main = nblocks * block
+    out = torch.empty_like(b)
+    if nblocks == 1:
+        h = h0
+        for t in range(main):
+            h = torch.addcmul(b[t], a[t], h, out=out[t])
+    else:
+        ab = a[:main].unflatten(0, (nblocks, block))
+        bb = b[:main].unflatten(0, (nblocks, block))
+        local = out[:main].unflatten(0, (nblocks, block))
+        # Level 1: every block scanned at once from 0; decay = products of a inside a block.
+        local[:, 0] = bb[:, 0]
+        for t in range(1, block):
+            torch.addcmul(bb[:, t], ab[:, t], local[:, t - 1], out=local[:, t])
+        decay = torch.cumprod(ab, dim=1)
+        # Level 2: the state entering each block.
+        starts = torch.empty_like(local[:, 0])
+        h = h0
+        for k in range(nblocks):
+            starts[k] = h
+            h = torch.addcmul(local[k, -1], decay[k, -1], h)
+        local.addcmul_(decay, starts.unsqueeze(1))
+        h = local[-1, -1]
+    for t in range(main, steps):  # the ragged tail
+        h = torch.addcmul(b[t], a[t], h, out=out[t])
+    return out
+
+
+def reverse_linear_scan(a: Tensor, x: Tensor, g_next: Tensor, a_next: Tensor) -> Tensor:
+    """All ``g_t = x_t + a_{t+1} * g_{t+1}`` along dim 0 (time-major), going backwards from
+    ``g_S = g_next`` with ``a_S = a_next``: the adjoint recurrence of ``linear_scan``."""
+    steps = a.shape[0]
+    if a[0].numel() < _SMALL_STEP:
+        a_shift = torch.cat([a[1:], a_next.unsqueeze(0)], dim=0)
+        return linear_scan(a_shift.flip(0), x.flip(0), g_next).flip(0)
+    out = torch.empty_like(x)
+    g = torch.addcmul(x[-1], a_next, g_next, out=out[-1])
+    for t in range(steps - 2, -1, -1):
+        g = torch.addcmul(x[t], a[t + 1], g, out=out[t])
+    return out
 
 
 class _Prepared:
-    """Inputs cast to the compute dtype and viewed by group: (batch, G, dim/G, L[, N])."""
+    """Inputs cast to the compute dtype and viewed by group: (batch, G, dim/G, L)."""
 
     def __init__(self, u, delta, A, B, C, D, z, delta_bias, delta_softplus):
         shape = check_inputs(u, delta, A, B, C, D, z, delta_bias)
@@ -78,10 +103,10 @@ class _Prepared:
             raw = raw + delta_bias.to(ct)[:, None]
         self.delta_raw = raw.view(self.groups_view)
         self.delta = F.softplus(self.delta_raw) if delta_softplus else self.delta_raw
+        self.du = self.delta * self.u
         self.A = A.to(ct).view(groups, dim // groups, n)
-        # (batch, G, 1, L, N): broadcast over the channels of a group
-        self.Bt = B.to(ct).view(bsz, groups, n, length).transpose(-1, -2).unsqueeze(2)
-        self.Ct = C.to(ct).view(bsz, groups, n, length).transpose(-1, -2).unsqueeze(2)
+        self.B = B.to(ct).view(bsz, groups, n, length)
+        self.C = C.to(ct).view(bsz, groups, n, length)
         self.D = None if D is None else D.to(ct).view(groups, dim // groups, 1)
         self.z = None if z is None else z.to(ct).view(self.groups_view)
         self.segment = self._segment_length()
@@ -98,9 +123,14 @@ class _Prepared:
         return [(s, min(s + seg, length)) for s in range(0, length, seg)]
 
     def a_and_bx(self, s0: int, s1: int) -> tuple[Tensor, Tensor]:
-        delta = self.delta[..., s0:s1, None]
-        a = torch.exp(delta * self.A[:, :, None, :])
-        bx = (delta * self.u[..., s0:s1, None]) * self.Bt[..., s0:s1, :]
+        """a = exp(delta*A) and bx = delta*u*B, time-major: (S, batch, G, dim/G, N)."""
+        bsz, dim, _, n, groups = self.shape
+        shape = (s1 - s0, bsz, groups, dim // groups, n)
+        delta = self.delta[..., s0:s1].permute(3, 0, 1, 2).unsqueeze(-1)
+        a = torch.mul(delta, self.A, out=self.u.new_empty(shape)).exp_()
+        du = self.du[..., s0:s1].permute(3, 0, 1, 2).unsqueeze(-1)
+        Bt = self.B[..., s0:s1].permute(3, 0, 1, 2).unsqueeze(3)  # (S, batch, G, 1, N)
+        bx = torch.mul(du, Bt, out=self.u.new_empty(shape))
         return a, bx
 
     def zero_state(self) -> Tensor:
@@ -130,13 +160,13 @@ def forward(
     for s0, s1 in p.segments():
         a, bx = p.a_and_bx(s0, s1)
         hs = linear_scan(a, bx, h)
-        y[..., s0:s1] = torch.einsum("bgdln,bgln->bgdl", hs, p.Ct[:, :, 0, s0:s1])
-        h = hs[..., -1, :]
+        y[..., s0:s1] = torch.einsum("sbgdn,bgns->bgds", hs, p.C[..., s0:s1])
+        h = hs[-1]
         if save_states:
             ends = list(range(chunk - 1 - s0 % chunk, s1 - s0, chunk))
             if s1 == length and length % chunk:
                 ends.append(s1 - s0 - 1)
-            saved.append(hs[..., ends, :])
+            saved.append(hs[ends])
     out = y
     if p.D is not None:
         out = out + p.D * p.u
@@ -145,7 +175,7 @@ def forward(
     out = out.reshape(bsz, dim, length).to(u.dtype)
     last_state = h.reshape(bsz, dim, n).clone()
     if save_states:
-        states = torch.cat(saved, dim=-2).reshape(bsz, dim, -1, n)
+        states = torch.cat(saved, dim=0).permute(1, 2, 3, 0, 4).reshape(bsz, dim, -1, n)
         assert states.shape[2] == num_chunks(length, n)
     else:
         states = p.u.new_empty(bsz, dim, 0, n)
@@ -181,7 +211,7 @@ def backward(
     for s0, s1 in segments:
         starts.append(h)
         a, bx = p.a_and_bx(s0, s1)
-        h = linear_scan(a, bx, h)[..., -1, :]
+        h = linear_scan(a, bx, h)[-1]
 
     du = torch.empty(p.groups_view, dtype=ct, device=u.device)
     ddelta = torch.empty_like(du)
@@ -197,11 +227,11 @@ def backward(
     a_next = torch.ones_like(g_next)
     for (s0, s1), h0 in zip(reversed(segments), reversed(starts)):
         a, bx = p.a_and_bx(s0, s1)
-        hs = linear_scan(a, bx, h0)
-        Ct = p.Ct[:, :, 0, s0:s1]
+        hs = linear_scan(a, bx, h0)  # (S, batch, G, dim/G, N)
+        Cs = p.C[..., s0:s1]
         dy = dout[..., s0:s1]
         if p.z is not None:
-            y = torch.einsum("bgdln,bgln->bgdl", hs, Ct)
+            y = torch.einsum("sbgdn,bgns->bgds", hs, Cs)
             pre = y if p.D is None else y + p.D * p.u[..., s0:s1]
             zs = p.z[..., s0:s1]
             sig = torch.sigmoid(zs)
@@ -209,20 +239,18 @@ def backward(
             dy = dy * zs * sig
         if p.D is not None:
             dD += (dy * p.u[..., s0:s1]).sum(dim=(0, -1))
-        x = dy[..., None] * Ct[:, :, None]
-        # g_t = x_t + a_{t+1} g_{t+1}: a forward scan on the time-reversed sequence.
-        a_shift = torch.cat([a[..., 1:, :], a_next.unsqueeze(-2)], dim=-2)
-        g = linear_scan(a_shift.flip(-2), x.flip(-2), g_next).flip(-2)
-        g_next, a_next = g[..., 0, :], a[..., 0, :]
+        dy_tm = dy.permute(3, 0, 1, 2).unsqueeze(-1)  # (S, batch, G, dim/G, 1)
+        x = dy_tm * Cs.permute(3, 0, 1, 2).unsqueeze(3)
+        g = reverse_linear_scan(a, x, g_next, a_next)  # g_t = x_t + a_{t+1} g_{t+1}
+        g_next, a_next = g[0], a[0]
 
         d = p.delta[..., s0:s1]
-        uu = p.u[..., s0:s1]
-        dC[..., s0:s1] = torch.einsum("bgdl,bgdln->bgnl", dy, hs)
-        dB[..., s0:s1] = torch.einsum("bgdl,bgdln->bgnl", d * uu, g)
-        gB = torch.einsum("bgdln,bgln->bgdl", g, p.Bt[:, :, 0, s0:s1])
-        gp = g * (hs - bx)  # g_t * a_t * h_{t-1}
-        dA += torch.einsum("bgdln,bgdl->gdn", gp, d)
-        dd = uu * gB + torch.einsum("bgdln,gdn->bgdl", gp, p.A)
+        dC[..., s0:s1] = torch.einsum("bgds,sbgdn->bgns", dy, hs)
+        dB[..., s0:s1] = torch.einsum("bgds,sbgdn->bgns", p.du[..., s0:s1], g)
+        gB = torch.einsum("sbgdn,bgns->bgds", g, p.B[..., s0:s1])
+        gp = hs.sub_(bx).mul_(g)  # g_t * a_t * h_{t-1} (hs is not needed any more)
+        dA += torch.einsum("sbgdn,bgds->gdn", gp, d)
+        dd = p.u[..., s0:s1] * gB + torch.einsum("sbgdn,gdn->bgds", gp, p.A)
         dui = d * gB
         if p.D is not None:
             dui = dui + p.D * dy

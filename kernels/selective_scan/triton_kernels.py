@@ -342,19 +342,25 @@ def _block_n(dstate: int) -> int:
     return max(2, _next_pow2(dstate))
 
 
+def _tiles(dstate: int, dim_per_group: int, max_block_d: int) -> tuple[int, int]:
+    """(BLOCK_D, num_warps): about 16 state values per thread (16 x 32 x warps = BLOCK_D x N)."""
+    block_n = _block_n(dstate)
+    num_warps = 1 if block_n <= 32 else min(4, block_n // 32)
+    block_d = min(max_block_d, max(1, 512 * num_warps // block_n))
+    return max(1, min(_next_pow2(dim_per_group), block_d)), num_warps
+
+
 def forward_config(dstate: int, dim_per_group: int, itemsize: int = 4) -> dict:
     """Tile sizes of the forward kernel: channels per program, time steps per load (16 bytes)."""
-    block_n = _block_n(dstate)
-    num_warps = 1
-    block_d = max(1, min(_next_pow2(dim_per_group), 32 * num_warps * max(1, 16 // block_n)))
+    block_d, num_warps = _tiles(dstate, dim_per_group, 128)
     return {"BLOCK_D": block_d, "T": 16 // itemsize, "num_warps": num_warps}
 
 
 def backward_config(dstate: int, dim_per_group: int, itemsize: int = 4) -> dict:
-    """Tile sizes of the backward kernel (one warp: the sums over channels stay in the warp)."""
-    block_n = _block_n(dstate)
-    block_d = max(1, min(_next_pow2(dim_per_group), 32 * max(1, 16 // block_n)))
-    return {"BLOCK_D": block_d, "T": 2, "num_warps": 1, "KEEP_DECAY": False}
+    """Tile sizes of the backward kernel. Two steps per sub-chunk and the decays recomputed in
+    the reverse sweep (one more exp2) keep it within the register file."""
+    block_d, num_warps = _tiles(dstate, dim_per_group, 64)
+    return {"BLOCK_D": block_d, "T": 2, "num_warps": num_warps, "KEEP_DECAY": False}
 
 
 def _check_triton_inputs(*tensors: Optional[Tensor]) -> None:

@@ -15,16 +15,18 @@ decomposition, then the convention's resolvers (rules by tag or family), else UN
 
 from __future__ import annotations
 
+import warnings
 from typing import Any, Callable, Iterable, Union
 
 import torch
-from torch._ops import OpOverload, OpOverloadPacket
+from torch._ops import HigherOrderOperator, OpOverload, OpOverloadPacket
 
 __all__ = [
     "CONVENTIONS",
     "ZERO",
     "DECOMPOSE",
     "UNSUPPORTED",
+    "HIGHER_ORDER",
     "Formula",
     "register_formula",
     "register_zero",
@@ -34,7 +36,7 @@ __all__ = [
 ]
 
 Formula = Callable[..., int]
-Op = Union[OpOverload, OpOverloadPacket]
+Op = Union[OpOverload, OpOverloadPacket, HigherOrderOperator]
 
 CONVENTIONS = ("flop", "fvcore")
 
@@ -52,6 +54,7 @@ class _Marker:
 ZERO = _Marker("ZERO")
 DECOMPOSE = _Marker("DECOMPOSE")
 UNSUPPORTED = _Marker("UNSUPPORTED")
+HIGHER_ORDER = _Marker("HIGHER_ORDER")  # a higher-order op with no formula: the mode runs its body
 
 _formulas: dict[str, dict[Op, Formula]] = {c: {} for c in CONVENTIONS}
 _zeros: set[Op] = set()
@@ -68,10 +71,10 @@ def _check_convention(convention: str) -> None:
 def _as_ops(op: Op | Iterable[Op]) -> list[Op]:
     ops = list(op) if isinstance(op, (list, tuple, set, frozenset)) else [op]
     for o in ops:
-        if not isinstance(o, (OpOverload, OpOverloadPacket)):
+        if not isinstance(o, (OpOverload, OpOverloadPacket, HigherOrderOperator)):
             raise TypeError(
-                "op must be a torch OpOverload (torch.ops.ns.name.overload) or "
-                f"OpOverloadPacket (torch.ops.ns.name), got {type(o).__name__}: {o!r}"
+                "op must be a torch OpOverload (torch.ops.ns.name.overload), "
+                f"OpOverloadPacket (torch.ops.ns.name) or HigherOrderOperator, got {type(o).__name__}: {o!r}"
             )
     return ops
 
@@ -122,35 +125,32 @@ def register_resolver(convention: str, resolver: Callable[[OpOverload], Any]) ->
 
 
 def _has_composite_implicit(op: OpOverload) -> bool:
-    return torch._C._dispatch_has_kernel_for_dispatch_key(
-        op.name(), torch._C.DispatchKey.CompositeImplicitAutograd
-    )
-
-
-def _without_out_kwarg(formula: Formula) -> Formula:
-    # For ``.out`` overloads the ``out=`` tensor is also the result: pass it once, as ``out``.
-    def formula_for_out_overload(*args: Any, out: Any = None, **kwargs: Any) -> int:
-        kwargs.pop("out", None)
-        return formula(*args, out=out, **kwargs)
-
-    formula_for_out_overload.__wrapped__ = formula  # type: ignore[attr-defined]
-    return formula_for_out_overload
+    try:
+        return torch._C._dispatch_has_kernel_for_dispatch_key(
+            op.name(), torch._C.DispatchKey.CompositeImplicitAutograd
+        )
+    except RuntimeError:  # not a dispatcher op (e.g. the JIT's prim::device)
+        return False
 
 
 def _resolve_uncached(op: OpOverload, convention: str) -> Any:
-    packet = op._overloadpacket
     formulas = _formulas[convention]
+    if isinstance(op, HigherOrderOperator):
+        return formulas.get(op, HIGHER_ORDER)
+    packet = op._overloadpacket
     formula = formulas.get(op) or formulas.get(packet)
     if formula is not None:
-        if any(a.name == "out" and a.kwarg_only for a in op._schema.arguments):
-            return _without_out_kwarg(formula)
         return formula
     if op in _zeros or packet in _zeros:
         return ZERO
     if _has_composite_implicit(op):
         return DECOMPOSE
     for resolver in _resolvers[convention]:
-        rule = resolver(op)
+        try:
+            rule = resolver(op)
+        except Exception as error:  # a broken resolver must not break the user's run
+            warnings.warn(f"dispatchcount: resolver {resolver!r} failed on {op}: {error!r}", stacklevel=2)
+            continue
         if rule is not None:
             return rule
     return UNSUPPORTED

@@ -1,0 +1,5 @@
+import sys
+
+from dispatchcount.cli import main
+
+sys.exit(main())

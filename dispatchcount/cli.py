@@ -1,0 +1,139 @@
+"""python -m dispatchcount package.module:factory --input-shape 1,3,224,224 [options]
+
+Builds the model with ``factory()``, runs it on random inputs of the given shapes under FlopMode
+and prints the table (or, with --json, the full report).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib
+import json
+import sys
+import traceback
+from typing import Any, Callable, Optional, Sequence
+
+import torch
+
+from dispatchcount.mode import FlopMode
+from dispatchcount.registry import CONVENTIONS
+
+_DTYPES = {
+    "float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16,
+    "float64": torch.float64, "int64": torch.int64, "int32": torch.int32,
+}
+
+
+class UserError(Exception):
+    """A mistake in the command line or in what it points to: one line, no traceback."""
+
+
+def parse_shape(text: str) -> tuple[int, ...]:
+    try:
+        shape = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        shape = ()
+    if not shape or any(size < 0 for size in shape):
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated non-negative integers such as 1,3,224,224, got {text!r}"
+        )
+    return shape
+
+
+def load_factory(target: str) -> Callable[[], Any]:
+    module_name, sep, attr = target.partition(":")
+    if not sep or not module_name or not attr:
+        raise UserError(f"model must be given as 'package.module:factory', got {target!r}")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as error:
+        raise UserError(f"cannot import module {module_name!r}: {error}") from error
+    factory: Any = module
+    for part in attr.split("."):
+        if not hasattr(factory, part):
+            raise UserError(f"module {module_name!r} has no attribute {attr!r}")
+        factory = getattr(factory, part)
+    if not callable(factory):
+        raise UserError(f"{target!r} is not callable: expected a function or class returning an nn.Module")
+    return factory
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m dispatchcount",
+        description="Count the FLOPs of a PyTorch model, per module and operator, at dispatch level.",
+    )
+    parser.add_argument("model", help="'package.module:factory': a callable returning the nn.Module")
+    parser.add_argument("--input-shape", type=parse_shape, action="append", required=True, metavar="N,C,...",
+                        help="shape of one model input; repeat for several inputs")
+    parser.add_argument("--input-dtype", choices=sorted(_DTYPES), default="float32",
+                        help="dtype of the inputs (integer inputs are zeros, e.g. token ids)")
+    parser.add_argument("--depth", type=int, default=3, help="module depth shown in the table (default 3)")
+    parser.add_argument("--convention", choices=CONVENTIONS, default="flop")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or meta (meta: no memory, no data)")
+    parser.add_argument("--backward", action="store_true", help="also count the backward of output.sum()")
+    parser.add_argument("--train", action="store_true", help="count in train mode (default: eval)")
+    parser.add_argument("--json", action="store_true", help="print the full report as JSON")
+    parser.add_argument("--traceback", action="store_true", help="show full tracebacks of errors")
+    return parser
+
+
+def _make_input(shape: Sequence[int], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    if dtype.is_floating_point:
+        return torch.randn(shape, dtype=dtype, device=device)
+    return torch.zeros(shape, dtype=dtype, device=device)
+
+
+def count(args: argparse.Namespace) -> FlopMode:
+    factory = load_factory(args.model)
+    try:
+        device = torch.device(args.device)
+    except RuntimeError as error:
+        raise UserError(f"--device: {error}") from error
+    try:
+        with device:
+            model = factory()
+    except Exception as error:
+        raise UserError(f"{args.model}() raised {type(error).__name__}: {error}") from error
+    if not isinstance(model, torch.nn.Module):
+        raise UserError(f"{args.model}() returned {type(model).__name__}, expected a torch.nn.Module")
+    model.train(args.train)
+    dtype = _DTYPES[args.input_dtype]
+    inputs = [_make_input(shape, dtype, device) for shape in args.input_shape]
+    grad = contextlib.nullcontext() if args.backward else torch.no_grad()
+    with FlopMode(model, convention=args.convention) as mode, grad:
+        try:
+            output = model(*inputs)
+            if args.backward:
+                loss = sum(t.float().sum() for t in torch.utils._pytree.tree_leaves(output)
+                           if isinstance(t, torch.Tensor) and t.requires_grad)
+                if not isinstance(loss, torch.Tensor):
+                    raise UserError("--backward: the model's output has no tensor that requires grad")
+                loss.backward()
+        except UserError:
+            raise
+        except Exception as error:
+            shapes = ", ".join(str(tuple(s)) for s in args.input_shape)
+            raise UserError(f"running the model on inputs of shape {shapes} raised {type(error).__name__}: {error}") from error
+    return mode
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        mode = count(args)
+    except UserError as error:
+        if args.traceback:
+            traceback.print_exc()
+        print(f"dispatchcount: error: {error}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(mode.to_dict(), indent=2))
+    else:
+        print(mode.table(depth=args.depth))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,77 @@
+"""Matrix products: one multiply-add per (m, n, k) triple, 2 FLOPs (FlopCounterMode's rule).
+
+The additive terms of ``addmm``/``baddbmm``/``addmv`` (``beta * self``) are not counted, as
+FlopCounterMode does not count them; bias is folded into the accumulation on every backend.
+``matmul``, ``linear``, ``einsum`` and ``tensordot`` are CompositeImplicit: they reach the
+counter as the products below.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from dispatchcount.formulas._common import macs_to_flops
+from dispatchcount.registry import register_formula
+
+aten = torch.ops.aten
+
+
+@register_formula([aten.mm, aten._int_mm])
+def mm_flop(a, b, *args, out=None, **kwargs) -> int:
+    m, k = a.shape
+    n = b.shape[-1]
+    return macs_to_flops(m * n * k, a.dtype)
+
+
+@register_formula([aten.addmm, aten._addmm_activation])
+def addmm_flop(bias, a, b, *args, out=None, **kwargs) -> int:
+    return mm_flop(a, b)
+
+
+@register_formula(aten.bmm)
+def bmm_flop(a, b, *args, out=None, **kwargs) -> int:
+    batch, m, k = a.shape
+    n = b.shape[-1]
+    return macs_to_flops(batch * m * n * k, a.dtype)
+
+
+@register_formula([aten.baddbmm, aten.addbmm])
+def baddbmm_flop(bias, a, b, *args, out=None, **kwargs) -> int:
+    # addbmm sums the batch of products into one matrix: the same multiply-adds.
+    return bmm_flop(a, b)
+
+
+@register_formula([aten._scaled_mm, aten._scaled_mm_v2])
+def scaled_mm_flop(a, b, *args, out=None, **kwargs) -> int:
+    # Low-precision (fp8) inputs still do floating-point multiply-adds; scaling is not counted.
+    m, k = a.shape
+    return 2 * m * b.shape[-1] * k
+
+
+@register_formula(aten.mv)
+def mv_flop(a, x, *args, out=None, **kwargs) -> int:
+    m, k = a.shape
+    return macs_to_flops(m * k, a.dtype)
+
+
+@register_formula(aten.addmv)
+def addmv_flop(bias, a, x, *args, out=None, **kwargs) -> int:
+    return mv_flop(a, x)
+
+
+@register_formula([aten.dot, aten.vdot])
+def dot_flop(a, b, *args, out=None, **kwargs) -> int:
+    return macs_to_flops(a.numel(), a.dtype)
+
+
+@register_formula(aten.addr)
+def addr_flop(bias, u, v, *args, out=None, **kwargs) -> int:
+    # self + u v^T: one multiply and one add per output element.
+    return macs_to_flops(u.numel() * v.numel(), u.dtype)
+
+
+@register_formula(aten.mkldnn_linear)
+def mkldnn_linear_flop(x, weight, *args, out=None, **kwargs) -> int:
+    out_features, in_features = weight.shape
+    rows = x.numel() // in_features
+    return macs_to_flops(rows * out_features * in_features, x.dtype)

@@ -1,0 +1,202 @@
+"""Matrix products that matmul.py/attention.py do not register, in their convention.
+
+One multiply-add is 2 FLOPs (8 for complex), ``out.numel() * K`` multiply-adds for a product
+with contraction length K, bias and scaling not counted, as matmul.py does. Covered here: the
+in-place spellings of matmul.py's ops (``addmm_``, ``baddbmm_`` ...), ``linear.out`` and the
+linear/matmul backward kernels, grouped and weight-quantized GEMMs (a float activation times
+dequantized weights: floating-point multiply-adds), and PyTorch's fused transformer
+encoder-layer fast path. See docs/conventions.md, "Matrix products beyond FlopCounterMode".
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import torch
+from torch._ops import OpOverload
+
+from dispatchcount.formulas import matmul
+from dispatchcount.formulas._common import macs_to_flops
+from dispatchcount.formulas._helpers import Tensor, dtype_factor, register_family, result_tensor
+from dispatchcount.formulas.attention import attention_flops
+from dispatchcount.formulas.norm import normalize_forward_cost
+from dispatchcount.registry import register_formula
+
+__all__ = ["transformer_encoder_layer_flops"]
+
+aten = torch.ops.aten
+
+# In-place twins of matmul.py's ops: the same multiply-adds.
+register_formula(aten.addmm_)(matmul.addmm_flop)
+register_formula([aten.baddbmm_, aten.addbmm_])(matmul.baddbmm_flop)
+register_formula(aten.addmv_)(matmul.addmv_flop)
+register_formula(aten.addr_)(matmul.addr_flop)
+
+
+def _float_macs(macs: int, *tensors: Tensor) -> int:
+    # Like macs_to_flops, for products whose operands mix dtypes (int8/int4 weights, fp8):
+    # a floating or complex operand makes the multiply-adds floating-point.
+    for t in tensors:
+        if t.dtype.is_complex:
+            return 8 * macs
+    for t in tensors:
+        if t.dtype.is_floating_point:
+            return 2 * macs
+    return 0
+
+
+def _linear(input, weight, bias=None, *args, out=None, **kwargs):
+    return matmul.mkldnn_linear_flop(input, weight)
+
+
+def _linear_backward(self, grad_output, weight, output_mask, *args, out=None, **kwargs):
+    # grad_input = g W (rows out in), grad_weight = g^T x (rows out in), grad_bias = sum g.
+    out_features, in_features = weight.shape
+    rows = grad_output.numel() // out_features if out_features else 0
+    macs = rows * out_features * in_features
+    flops = macs_to_flops(macs, weight.dtype) * (bool(output_mask[0]) + bool(output_mask[1]))
+    if output_mask[2]:
+        flops += dtype_factor(4, grad_output) * grad_output.numel()
+    return flops
+
+
+def _linear_backward_input(input_size, grad_output, weight, *args, out=None, **kwargs):
+    out_features, in_features = weight.shape
+    rows = grad_output.numel() // out_features if out_features else 0
+    return macs_to_flops(rows * out_features * in_features, weight.dtype)
+
+
+def _linear_backward_weights(grad_output, input, weight, bias_defined, *args, out=None, **kwargs):
+    out_features, in_features = weight.shape
+    rows = grad_output.numel() // out_features if out_features else 0
+    flops = macs_to_flops(rows * out_features * in_features, weight.dtype)
+    return flops + (dtype_factor(4, grad_output) * grad_output.numel() if bias_defined else 0)
+
+
+def _matmul_backward(grad, self, other, mask, *args, out=None, **kwargs):
+    # The forward did grad.numel() * K multiply-adds (K = self's last dim, the contraction);
+    # each requested gradient is one product of the same size.
+    macs = grad.numel() * self.shape[-1]
+    return macs_to_flops(macs, grad.dtype) * (bool(mask[0]) + bool(mask[1]))
+
+
+def _contracted(result: Tensor, k: int) -> int:
+    return result.numel() * k
+
+
+def _grouped_mm(self, mat2, *args, out=None, **kwargs):
+    # 2-D x 2-D with offsets splits K into groups: out (G, M, N) sums M N K_total products;
+    # every other layout does out.numel() * K.
+    result = result_tensor(out)
+    k = self.shape[-1]
+    if self.dim() == 2 and mat2.dim() == 2 and result.dim() == 3:
+        macs = (result.numel() // result.shape[0]) * k
+    else:
+        macs = result.numel() * k
+    return _float_macs(macs, self, mat2, result)
+
+
+def _weight_quantized_mm(self, mat2, *args, out=None, **kwargs):
+    # Float activations (M, K) times dequantized int4/int8 weights: out (M, N), K each.
+    return _float_macs(_contracted(result_tensor(out), self.shape[-1]), self)
+
+
+def _dyn_quant_matmul_4bit(inp, packed_weights, block_size, in_features, out_features, *args, out=None, **kwargs):
+    # Activations are quantized to int8 per row (min/max 2, quantize 5 per element), then an
+    # integer GEMM (0 FLOPs); dequantizing the int32 results costs 2 per output element.
+    return dtype_factor(1, inp) * (7 * inp.numel() + 2 * result_tensor(out).numel())
+
+
+def _mixed_dtypes_linear(input, weight, scale, *args, out=None, **kwargs):
+    return _float_macs(_contracted(result_tensor(out), input.shape[-1]), input)
+
+
+# 2:4 semi-structured sparsity: half of the sparse operand's K entries are stored, so half the
+# dense product's multiply-adds run. out is (M, N); K is the dense operand's contracted size.
+def _semi_structured_mm(mat1, mat1_meta, mat2, *args, out=None, **kwargs):
+    return _float_macs(_contracted(result_tensor(out), mat2.shape[0]) // 2, mat2)
+
+
+def _semi_structured_addmm(input, mat1, mat1_meta, mat2, *args, out=None, **kwargs):
+    return _float_macs(_contracted(result_tensor(out), mat2.shape[0]) // 2, mat2)
+
+
+def _semi_structured_linear(input, weight, meta, *args, out=None, **kwargs):
+    return _float_macs(_contracted(result_tensor(out), input.shape[-1]) // 2, input)
+
+
+def _cslt_sparse_mm(compressed_a, dense_b, *args, out=None, **kwargs):
+    # cuSPARSELt 2:4: the dense product's multiply-adds, halved. K is B's contracted dim.
+    result = result_tensor(out)
+    k = dense_b.shape[0]
+    return _float_macs(_contracted(result, k) // 2, dense_b)
+
+
+def transformer_encoder_layer_flops(tokens: int, d: int, heads: int, seq: int, ffn: int,
+                                    use_gelu: bool, batch: int) -> int:
+    """PyTorch's fused encoder layer: QKV and output projections, attention as attention.py
+    counts it (two products, softmax not counted), FFN, two layer norms, the activation, the
+    bias adds and the two residual adds."""
+    head_dim = d // heads if heads else d
+    shape = (batch, heads, seq, head_dim)
+    flops = 2 * tokens * d * 3 * d + 3 * tokens * d            # QKV projection and its bias
+    flops += attention_flops(shape, shape, shape)
+    flops += 2 * tokens * d * d + tokens * d                   # output projection and bias
+    flops += 2 * tokens * d * ffn + tokens * ffn                # FFN in and bias
+    flops += tokens * ffn * (5 if use_gelu else 1)             # gelu / relu
+    flops += 2 * tokens * ffn * d + tokens * d                  # FFN out and bias
+    flops += 2 * normalize_forward_cost(tokens * d, tokens, True, True)
+    flops += 2 * tokens * d                                     # residual adds
+    return flops
+
+
+def _transformer_encoder_layer_fwd(src, embed_dim, num_heads, qkv_weight, qkv_bias, proj_weight,
+                                   proj_bias, use_gelu, *args, out=None, **kwargs):
+    ffn_weight_1 = args[6] if len(args) > 6 else kwargs["ffn_weight_1"]
+    ffn = ffn_weight_1.shape[0]
+    batch, seq = (src.shape[0], src.shape[1]) if src.dim() == 3 else (1, src.shape[0])
+    tokens = src.numel() // embed_dim
+    flops = transformer_encoder_layer_flops(tokens, embed_dim, num_heads, seq, ffn, use_gelu, batch)
+    return dtype_factor(4, src) * flops
+
+
+def _transform_bias_rescale_qkv(qkv, qkv_bias, num_heads, *args, out=None, **kwargs):
+    # Add the bias to q, k and v, then scale q by 1/sqrt(head_dim): 4/3 FLOPs per element.
+    n = qkv.numel()
+    return dtype_factor(4, qkv) * (n + n // 3)
+
+
+def _sdpa_math(query, key, value, *args, out=None, **kwargs):
+    return attention_flops(query.shape, key.shape, value.shape)
+
+
+def _const(formula: Callable[..., int]) -> Callable[[OpOverload], Callable[..., int]]:
+    return lambda op: formula
+
+
+FAMILY: dict[str, Callable[[OpOverload], Any]] = {
+    "linear": _const(_linear),
+    "linear_backward": _const(_linear_backward),
+    "mkldnn_linear_backward": _const(_linear_backward),
+    "mkldnn_linear_backward_input": _const(_linear_backward_input),
+    "mkldnn_linear_backward_weights": _const(_linear_backward_weights),
+    "matmul_backward": _const(_matmul_backward),
+    "_grouped_mm": _const(_grouped_mm),
+    "_scaled_grouped_mm": _const(_grouped_mm),
+    "_scaled_grouped_mm_v2": _const(_grouped_mm),
+    "_weight_int4pack_mm": _const(_weight_quantized_mm),
+    "_weight_int4pack_mm_for_cpu": _const(_weight_quantized_mm),
+    "_weight_int4pack_mm_with_scales_and_zeros": _const(_weight_quantized_mm),
+    "_weight_int8pack_mm": _const(_weight_quantized_mm),
+    "_dyn_quant_matmul_4bit": _const(_dyn_quant_matmul_4bit),
+    "_mixed_dtypes_linear": _const(_mixed_dtypes_linear),
+    "_sparse_semi_structured_mm": _const(_semi_structured_mm),
+    "_sparse_semi_structured_addmm": _const(_semi_structured_addmm),
+    "_sparse_semi_structured_linear": _const(_semi_structured_linear),
+    "_cslt_sparse_mm": _const(_cslt_sparse_mm),
+    "_transformer_encoder_layer_fwd": _const(_transformer_encoder_layer_fwd),
+    "_transform_bias_rescale_qkv": _const(_transform_bias_rescale_qkv),
+    "_scaled_dot_product_attention_math_for_mps": _const(_sdpa_math),
+}
+
+register_family(FAMILY)

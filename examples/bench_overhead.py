@@ -1,0 +1,146 @@
+"""Per-op overhead of FlopMode against a plain run, a no-op TorchDispatchMode and FlopCounterMode.
+
+    python examples/bench_overhead.py [--blocks 24] [--repeats 20]
+
+A small-op-heavy model (tiny transformer blocks, d=16, batch 1, one thread) makes the per-op
+cost of each mode dominate. Also times counting a Llama-7B-shaped forward on the meta device.
+All figures come from one run, so their ratios are comparable.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+import warnings
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils.flop_counter import FlopCounterMode
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from dispatchcount import FlopMode  # noqa: E402
+from examples.llama import llama_7b  # noqa: E402
+
+
+class NoOpMode(TorchDispatchMode):
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        return func(*args, **(kwargs or {}))
+
+
+class OpCounter(TorchDispatchMode):
+    def __init__(self) -> None:
+        super().__init__()
+        self.ops = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.ops += 1
+        return func(*args, **(kwargs or {}))
+
+
+class TinyBlock(nn.Module):
+    def __init__(self, d: int) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(d)
+        self.attn = nn.MultiheadAttention(d, 2, batch_first=True)
+        self.norm2 = nn.LayerNorm(d)
+        self.mlp = nn.Sequential(nn.Linear(d, 4 * d), nn.GELU(), nn.Linear(4 * d, d))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.norm1(x)
+        x = x + self.attn(h, h, h, need_weights=False)[0]
+        return x + self.mlp(self.norm2(x))
+
+
+def best_time(step: Callable[[], Any], context: Callable[[], Any], repeats: int) -> float:
+    """Median seconds of ``step`` run inside a fresh ``context()``, after one warm-up."""
+    times = []
+    for i in range(repeats + 1):
+        start = time.perf_counter()
+        with context():
+            step()
+        if i:
+            times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+class _Null:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: Any) -> None:
+        return None
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--blocks", type=int, default=24)
+    parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--no-llama", action="store_true", help="skip the meta Llama-7B timing")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    warnings.simplefilter("ignore")
+
+    model = nn.Sequential(*[TinyBlock(16) for _ in range(args.blocks)])
+    x = torch.randn(1, 8, 16)
+
+    def step() -> None:
+        model(x).sum().backward()
+
+    with OpCounter() as counter:
+        step()
+    ops = counter.ops
+
+    modes: dict[str, Callable[[], Any]] = {
+        "plain": _Null,
+        "no-op TorchDispatchMode": NoOpMode,
+        "FlopCounterMode": lambda: FlopCounterMode(display=False),
+        "FlopMode": lambda: FlopMode(model),
+    }
+    # Interleave the modes over rounds so drift in machine speed hits them alike.
+    samples: dict[str, list[float]] = {name: [] for name in modes}
+    for _ in range(3):
+        for name, context in modes.items():
+            samples[name].append(best_time(step, context, args.repeats))
+    seconds = {name: min(values) for name, values in samples.items()}
+
+    plain = seconds["plain"]
+    added = {name: (t - plain) / ops * 1e6 for name, t in seconds.items()}
+    print(f"model: {args.blocks} tiny transformer blocks (d=16, batch 1, 1 thread), forward+backward")
+    print(f"aten ops per step: {ops}")
+    print(f"{'mode':<26}{'ms/step':>10}{'added us/op':>14}")
+    for name, t in seconds.items():
+        print(f"{name:<26}{t * 1e3:>10.2f}{added[name]:>14.2f}")
+    noop, fcm, ours = added["no-op TorchDispatchMode"], added["FlopCounterMode"], added["FlopMode"]
+    print(f"FlopMode added per op / no-op mode's: {ours / noop:.2f}x   (goal <= 2x)")
+    print(f"FlopMode added per op / FlopCounterMode's: {ours / fcm:.3f}   (goal <= 0.2)")
+
+    if args.no_llama:
+        return
+    with torch.device("meta"):
+        llama = llama_7b()
+        tokens = torch.zeros(1, 2048, dtype=torch.long)
+    timings = {}
+    for name, context in (("FlopCounterMode", lambda: FlopCounterMode(display=False)), ("FlopMode", lambda: FlopMode(llama))):
+        runs = []
+        for _ in range(3):
+            start = time.perf_counter()
+            with context() as counter, torch.no_grad():
+                llama(tokens)
+            runs.append(time.perf_counter() - start)
+        timings[name] = (min(runs), counter)
+    fcm_total = timings["FlopCounterMode"][1].get_total_flops()
+    ours_total = timings["FlopMode"][1].total()
+    print("Llama-7B shapes on meta, forward of 1x2048 tokens:")
+    for name, (t, _) in timings.items():
+        print(f"  {name:<18}{t * 1e3:>9.1f} ms")
+    print(f"  FlopMode / FlopCounterMode time: {timings['FlopMode'][0] / timings['FlopCounterMode'][0]:.2f}x   (goal <= 1)")
+    print(f"  FLOPs: FlopMode {ours_total / 1e12:.2f} T (all ops), FlopCounterMode {fcm_total / 1e12:.2f} T (matmul/attention)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,159 @@
+"""Matmul, convolution and attention counts equal torch.utils.flop_counter.FlopCounterMode's."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.utils import flop_counter
+from torch.utils.flop_counter import FlopCounterMode
+
+from dispatchcount import FlopMode
+
+aten = torch.ops.aten
+
+# FlopCounterMode's own formulas, lent to it for the CPU fused attention kernel it has no entry
+# for, so that both counters see the same ops.
+def _as_raw(formula):
+    # FlopCounterMode's public formulas already convert tensors to shapes: mark them so.
+    def raw(*args, **kwargs):
+        return formula(*args, **kwargs)
+
+    raw._get_raw = True
+    return raw
+
+
+CPU_ATTENTION = {
+    aten._scaled_dot_product_flash_attention_for_cpu: _as_raw(flop_counter.sdpa_flop),
+    aten._scaled_dot_product_flash_attention_for_cpu_backward: _as_raw(flop_counter.sdpa_backward_flop),
+}
+
+
+def fcm_counts(fn, **kwargs):
+    with FlopCounterMode(display=False, **kwargs) as counter:
+        fn()
+    return {str(op): n for op, n in counter.get_flop_counts()["Global"].items()}, counter.get_total_flops()
+
+
+def ours(fn, model=None):
+    with FlopMode(model) as mode:
+        fn()
+    return mode
+
+
+def assert_same_as_fcm(fn, model=None, **fcm_kwargs):
+    reference, reference_total = fcm_counts(fn, **fcm_kwargs)
+    mode = ours(fn, model)
+    mine = mode.by_operator()
+    assert reference_total > 0
+    for op, flops in reference.items():
+        assert mine.get(op, 0) == flops, op
+    assert sum(mine.get(op, 0) for op in reference) == reference_total
+    return mode
+
+
+class ConvNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 8, 3, stride=2, padding=1)
+        self.conv2 = nn.Conv2d(8, 16, (3, 1), dilation=(2, 1))
+        self.up = nn.ConvTranspose2d(16, 4, 4, stride=2, output_padding=1)
+        self.conv3d = nn.Conv3d(1, 2, 2)
+        self.conv1d = nn.Conv1d(4, 6, 5, padding=2)
+        self.fc = nn.Linear(6, 10)
+
+    def forward(self, x):
+        x = F.relu(self.conv1(x))
+        x = self.up(self.conv2(x))
+        y = self.conv3d(x.unsqueeze(1)).flatten(2)[:, :, :40].transpose(1, 2)
+        z = self.conv1d(x.flatten(2)).mean(-1)
+        return self.fc(z).sum() + y.sum()
+
+
+class MatmulNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.proj = nn.Linear(12, 24)
+        self.weight = nn.Parameter(torch.randn(24, 24))
+        self.bias = nn.Parameter(torch.randn(24))
+
+    def forward(self, x):  # x: (batch, seq, 12)
+        h = self.proj(x)                                        # 3-D linear: mm
+        h = torch.einsum("bsd,de->bse", h, self.weight)        # einsum with a raw parameter
+        scores = torch.bmm(h, h.transpose(1, 2))                # bmm
+        h = torch.baddbmm(h, scores.softmax(-1), h)             # baddbmm
+        flat = h.reshape(-1, 24)
+        return torch.addmm(self.bias, flat, self.weight).sum() + torch.matmul(h, self.weight).sum()
+
+
+class AttentionNet(nn.Module):
+    def __init__(self, dim=32, heads=4, kv_heads=2):
+        super().__init__()
+        self.heads, self.kv_heads = heads, kv_heads
+        self.q = nn.Linear(dim, dim)
+        self.kv = nn.Linear(dim, 2 * dim * kv_heads // heads)
+        self.out = nn.Linear(dim, dim)
+
+    def forward(self, x):
+        b, s, d = x.shape
+        q = self.q(x).view(b, s, self.heads, -1).transpose(1, 2)
+        k, v = self.kv(x).view(b, s, 2, self.kv_heads, -1).permute(2, 0, 3, 1, 4)
+        k = k.repeat_interleave(self.heads // self.kv_heads, dim=1)
+        v = v.repeat_interleave(self.heads // self.kv_heads, dim=1)
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        return self.out(y.transpose(1, 2).reshape(b, s, d))
+
+
+def test_convolutions_forward_and_backward_equal_fcm():
+    model = ConvNet()
+    x = torch.randn(2, 3, 16, 16, requires_grad=True)
+    mode = assert_same_as_fcm(lambda: model(x).backward(), model)
+    assert mode.total(phase="backward") > 0
+
+
+def test_matmul_family_forward_and_backward_equal_fcm():
+    model = MatmulNet()
+    x = torch.randn(3, 5, 12, requires_grad=True)
+    assert_same_as_fcm(lambda: model(x).backward(), model)
+
+
+@pytest.mark.parametrize("backend", [SDPBackend.MATH, SDPBackend.FLASH_ATTENTION])
+def test_scaled_dot_product_attention_equals_fcm(backend):
+    model = AttentionNet()
+    x = torch.randn(2, 7, 32, requires_grad=True)
+
+    def run():
+        with sdpa_kernel(backend):
+            model(x).sum().backward()
+
+    # On CPU the fused path runs _scaled_dot_product_flash_attention_for_cpu, which
+    # FlopCounterMode has no entry for: it is given its own sdpa formulas for that op.
+    assert_same_as_fcm(run, model, custom_mapping=CPU_ATTENTION)
+
+
+def test_attention_counts_by_hand():
+    # q, k, v: (b=2, h=4, s=7, d=8). Forward: QK^T and PV, 2*b*h*s*s*d each.
+    q, k, v = (torch.randn(2, 4, 7, 8, requires_grad=True) for _ in range(3))
+    with FlopMode() as mode:
+        F.scaled_dot_product_attention(q, k, v).sum().backward()
+    per_product = 2 * 2 * 4 * 7 * 7 * 8
+    ops = mode.by_operator()
+    assert ops["aten._scaled_dot_product_flash_attention_for_cpu"] == 2 * per_product
+    # Backward: recompute QK^T, dP = dO V^T, dV = P^T dO, dQ = dS K, dK = dS^T Q.
+    assert ops["aten._scaled_dot_product_flash_attention_for_cpu_backward"] == 5 * per_product
+
+
+def test_grouped_convolution_weight_gradient_divides_by_groups():
+    # Depthwise conv: 8 channels, groups=8, 3x3 kernel on 5x5 padded to 5x5, batch 2.
+    conv = nn.Conv2d(8, 8, 3, padding=1, groups=8, bias=False)
+    x = torch.randn(2, 8, 5, 5, requires_grad=True)
+    with FlopMode() as mode:
+        conv(x).sum().backward()
+    forward = 2 * 2 * 5 * 5 * 8 * 1 * 3 * 3  # 2 * batch * out pixels * c_out * c_in/groups * taps
+    ops = mode.by_operator()
+    assert ops["aten.convolution"] == forward
+    # Input gradient and weight gradient each do the forward's multiply-adds. FlopCounterMode
+    # charges the weight gradient groups times over (8 * forward): the one place we differ.
+    assert ops["aten.convolution_backward"] == 2 * forward
+    reference, _ = fcm_counts(lambda: conv(x).sum().backward())
+    assert reference["aten.convolution_backward"] == forward + 8 * forward

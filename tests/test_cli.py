@@ -1,0 +1,65 @@
+"""python -m dispatchcount: the table, JSON, and one-line errors for user mistakes."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run(*args):
+    return subprocess.run([sys.executable, "-m", "dispatchcount", *args], cwd=ROOT, capture_output=True, text=True, timeout=300)
+
+
+def test_table_for_a_factory_on_meta():
+    result = run("examples.llama:llama_tiny", "--input-shape", "1,16", "--input-dtype", "int64", "--device", "meta", "--depth", "1")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0] == "convention: flop"
+    assert any(line.startswith("model") and "28.8K" in line for line in lines)  # 28,768 parameters
+    assert any(line.strip().startswith("lm_head") for line in lines)
+    assert not any(line.strip().startswith("layers.0") for line in lines)  # deeper than depth 1
+
+
+def test_json_report_with_backward():
+    result = run("examples.llama:llama_tiny", "--input-shape", "2,8", "--input-dtype", "int64", "--json", "--backward")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    # lm_head forward: 2 * tokens * dim * vocab; backward: its weight and input gradients.
+    assert report["by_module_and_operator"]["lm_head"]["aten.mm"] == 3 * 2 * 16 * 32 * 128
+    assert report["forward"] + report["backward"] == report["total"]
+    assert report["convention"] == "flop"
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["nomodule", "--input-shape", "1"], "'package.module:factory'"),
+        (["no_such_module_xyz:f", "--input-shape", "1"], "cannot import module 'no_such_module_xyz'"),
+        (["examples.llama:nope", "--input-shape", "1"], "has no attribute 'nope'"),
+        (["examples.llama:llama_tiny", "--input-shape", "1,3,4"], "running the model on inputs of shape (1, 3, 4) raised"),
+        (["examples.llama:Llama", "--input-shape", "1,4"], "examples.llama:Llama() raised TypeError"),
+    ],
+)
+def test_user_mistakes_give_one_line_and_nonzero_exit(args, message):
+    result = run(*args)
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines() == [f"dispatchcount: error: {result.stderr.split('error: ', 1)[1].strip()}"]
+    assert message in result.stderr
+
+
+def test_bad_input_shape_is_an_argument_error():
+    result = run("examples.llama:llama_tiny", "--input-shape", "1,a")
+    assert result.returncode == 2
+    assert "--input-shape" in result.stderr and "1,a" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_traceback_flag_shows_the_cause():
+    result = run("examples.llama:Llama", "--input-shape", "1,4", "--traceback")
+    assert result.returncode == 1
+    assert "Traceback" in result.stderr

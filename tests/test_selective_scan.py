@@ -349,13 +349,15 @@ def _meta(batch, dim, length, n, groups, has_D, has_z, has_bias):
 def test_forward_flop_formula_by_hand():
     fwd = torch.ops.dispatchcount.selective_scan.default
     # batch 2, dim 8, L 10, N 4: B*D*L = 160.
-    # bare: per (b,d,l,n) 7 (delta*A, exp, *B, a*h + bx, C*h multiply-add), per (b,d,l) 1
-    # (delta*u): 160 * (7*4 + 1) = 4640.
+    # bare: per (b,d,l,n) 7 (delta*A 1, exp 1, *B 1, a*h + bx 2, C*h multiply-add 2), per (b,d,l)
+    # 1 (delta*u): 160 * (7*4 + 1) = 4640.
     args = _meta(2, 8, 10, 4, 2, False, False, False)
     assert resolve(fwd, "flop")(*args, False, False) == 4640
-    # all options: + D 2 + z 5 + bias 1 + softplus 2 per (b,d,l): 160 * (29 + 10) = 6240.
+    # all options, per (b,d,l): D*u + y 2; silu(z) 5 (pointwise table: x * sigmoid(x), sigmoid
+    # = 1/(1+exp(-x)) 4) and the product 1; + delta_bias 1; softplus 6 (pointwise table):
+    # 160 * (29 + 2 + 6 + 1 + 6) = 7040.
     args = _meta(2, 8, 10, 4, 2, True, True, True)
-    assert resolve(fwd, "flop")(*args, True, False) == 6240
+    assert resolve(fwd, "flop")(*args, True, False) == 7040
     # fvcore, VMamba's: 9*B*L*D*N + B*D*L (D) + B*D*L (z) = 9*160*4 + 160 + 160 = 6080.
     assert resolve(fwd, "fvcore")(*args, True, False) == 6080
     # trailing defaulted args absent, as a dispatch mode may pass them: u..C only.
@@ -370,10 +372,90 @@ def test_backward_flop_formula_by_hand():
     # bare: per (b,d,l,n) 20, per (b,d,l) 4: 160 * (80 + 4) = 13440.
     got = resolve(bwd, "flop")(dout, None, u, delta, A, B, C, None, None, None, False, states)
     assert got == 13440
-    # everything: per (b,d,l,n) 20 + 2 (y recompute for z) = 22 -> 88; per (b,d,l)
-    # 4 + z 11 + (D with z) 2 + D 4 + softplus 6 + bias 2 = 29; 160 * 117 = 18720;
-    # dlast: + B*D*N = 64.
+    # everything: per (b,d,l,n) 20 + 2 (y recompute for z) = 22 -> 88; per (b,d,l): 4;
+    # z: sigmoid 4, dz = dout*pre*s*(1 + z(1 - s)) 6, dy = dout*z*s 2 -> 12; D: du += D*dy 2,
+    # dD += dy*u 2, recomputed D*u + y for dz 2 -> 6; softplus: recompute 6, sigmoid 4,
+    # product 1 -> 11; bias: add 1, sum 1 -> 2; 4 + 12 + 6 + 11 + 2 = 35; 160 * (88 + 35)
+    # = 19680; dlast: + B*D*N = 64.
     got = resolve(bwd, "flop")(dout, dlast, u, delta, A, B, C, D, z, bias, True, states)
-    assert got == 18720 + 64
+    assert got == 19680 + 64
     # fvcore: twice the forward's 6080.
     assert resolve(bwd, "fvcore")(dout, dlast, u, delta, A, B, C, D, z, bias, True, states) == 12160
+
+
+# ----------------------------------------------------------------------------------------------
+# Counting a model that calls the op: FlopMode finds the formulas by the op itself.
+
+
+class _ScanBlock(torch.nn.Module):
+    """in_proj -> selective scan (D, z, delta_bias, softplus) -> out_proj; B, C grouped."""
+
+    def __init__(self, dim=8, n=4, groups=2):
+        super().__init__()
+        self.dim, self.n, self.groups = dim, n, groups
+        self.in_proj = torch.nn.Linear(dim, 3 * dim + 2 * groups * n, bias=False)
+        self.ssm = _Scan(dim, n)
+        self.out_proj = torch.nn.Linear(dim, dim, bias=False)
+
+    def forward(self, x):  # x: (batch, L, dim)
+        b, length, _ = x.shape
+        u, delta, z, bc = self.in_proj(x).transpose(1, 2).split(
+            [self.dim, self.dim, self.dim, 2 * self.groups * self.n], dim=1)
+        B, C = bc.reshape(b, 2, self.groups, self.n, length).unbind(1)
+        y = self.ssm(u, delta, B, C, z)
+        return self.out_proj(y.transpose(1, 2))
+
+
+class _Scan(torch.nn.Module):
+    def __init__(self, dim, n):
+        super().__init__()
+        self.A_log = torch.nn.Parameter(torch.zeros(dim, n))
+        self.D = torch.nn.Parameter(torch.ones(dim))
+        self.delta_bias = torch.nn.Parameter(torch.zeros(dim))
+
+    def forward(self, u, delta, B, C, z):
+        return selective_scan(u, delta, -torch.exp(self.A_log), B, C, self.D, z, self.delta_bias,
+                              delta_softplus=True)
+
+
+@pytest.mark.parametrize("device", ["cpu", "meta"])
+def test_flopmode_counts_the_op_forward_and_backward(device):
+    from dispatchcount import FlopMode
+
+    torch.manual_seed(0)
+    model = _ScanBlock().to(device)
+    x = torch.randn(2, 10, 8, device=device)  # batch 2, L 10, dim 8, N 4: B*D*L = 160
+    with FlopMode(model) as fm:
+        out = model(x)
+        out.sum().backward()
+    assert fm.unsupported_ops() == {}
+    fwd, bwd = fm.by_operator("forward"), fm.by_operator("backward")
+    # forward with D, z, delta_bias, softplus: 7040 (test_forward_flop_formula_by_hand)
+    assert fwd["dispatchcount.selective_scan"] == 7040
+    # backward with D, z, delta_bias, softplus, no last-state gradient: 19680
+    # (test_backward_flop_formula_by_hand)
+    assert bwd["dispatchcount.selective_scan_backward"] == 19680
+    assert "dispatchcount.selective_scan_backward" not in fwd
+    # charged to the module that ran the op, forward and backward
+    per_module = fm.by_module_and_operator()
+    assert per_module["ssm"]["dispatchcount.selective_scan"] == 7040
+    assert per_module["ssm"]["dispatchcount.selective_scan_backward"] == 19680
+
+    with FlopMode(model, convention="fvcore") as fv:
+        model(x).sum().backward()
+    assert fv.unsupported_ops() == {}
+    # VMamba's 9*B*L*D*N + B*D*L (D) + B*D*L (z) = 6080; backward twice that
+    assert fv.by_operator("forward")["dispatchcount.selective_scan"] == 6080
+    assert fv.by_operator("backward")["dispatchcount.selective_scan_backward"] == 12160
+
+
+def test_counting_does_not_change_the_result():
+    from dispatchcount import FlopMode
+
+    torch.manual_seed(0)
+    model = _ScanBlock()
+    x = torch.randn(2, 10, 8)
+    plain = model(x)
+    with FlopMode(model):
+        counted = model(x)
+    assert torch.equal(plain, counted)

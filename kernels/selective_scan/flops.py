@@ -3,35 +3,37 @@
 Sizes: Bt = batch, Dm = dim, L = length, N = state size; "per (b,d,l,n)" terms are multiplied
 by Bt*Dm*L*N, "per (b,d,l)" terms by Bt*Dm*L, "per (b,d,n)" terms by Bt*Dm*N.
 
-Convention "flop" (one multiply-add = 2 FLOPs; exp, log1p and a division count 1 each): the
-arithmetic of the sequential recurrence, the same whichever kernel runs it (the Triton
-kernel's parallel scan does extra work that is not counted, as a matmul's count ignores how
-it is tiled).
+Convention "flop" (one multiply-add = 2 FLOPs): the arithmetic of the sequential recurrence,
+the same whichever kernel runs it (how a kernel organises it, like a matmul's tiling, is not
+counted). Elementary functions cost what the pointwise table charges the aten op of the same
+name (``POINTWISE_FLOPS``): exp 1, sigmoid 4 (1 / (1 + exp(-x))), silu 5, softplus 6, so a
+fused scan and the same math written with aten ops count alike.
 
 Forward, per (b,d,l,n): 7
     delta*A 1, exp 1, (delta*u)*B 1, a*h + bx 2, C*h accumulated over n 2
-Forward, per (b,d,l): 1, plus optional terms
-    delta*u 1; D: D*u + y 2; z: silu(z) = z/(1+exp(-z)) 4 and the product 1 = 5;
-    delta_bias: the add 1; softplus: exp and log1p 2
+Forward, per (b,d,l): 1, plus
+    delta*u 1; D: D*u + y 2; z: silu(z) 5 and the product 1; delta_bias: the add 1;
+    softplus 6
 
 Backward (the states are recomputed, then the adjoint g_t = dy_t C_t + a_{t+1} g_{t+1}),
 per (b,d,l,n): 20, plus 2 with z
     recompute delta*A, exp, (delta*u)*B, a*h + bx: 5; x = dy*C 1; g = x + a*g 2;
     dC = sum_d dy*h 2; dB = sum_d g*(delta*u) 2; gB = sum_n g*B 2; p = g*(h - bx) 2;
     ddelta's A-term sum_n A*p 2; dA = sum_{b,l} delta*p 2; with z: recompute y = C.h 2
-Backward, per (b,d,l): 4, plus optional terms
+Backward, per (b,d,l): 4, plus
     recompute delta*u 1; du = delta*gB 1; ddelta = u*gB + A-term 2;
-    D: du += D*dy 2, dD += dy*u 2 (+ D*u + y 2 when z is also given);
-    z: silu(z) 4, dy = dout*silu 1, dz = dout*pre*sig*(1 + z(1 - sig)) 6 = 11;
-    softplus: recompute 2, sigmoid 3, chain product 1 = 6; delta_bias: add 1, dbias sum 1 = 2
-Backward, per (b,d,n): 1 with dlast_state (added to the adjoint at the last step).
+    D: du += D*dy 2, dD += dy*u 2, and with z also the recomputed D*u + y 2;
+    z: s = sigmoid(z) 4, dz = dout*pre*s*(1 + z(1 - s)) 6, dy = dout*z*s 2;
+    softplus: recompute softplus 6, sigmoid(pre-softplus delta) 4, chain product 1;
+    delta_bias: recompute the add 1, ddelta_bias sum 1
+Backward, per (b,d,n): 1 with a last-state gradient (added to the adjoint at the last step).
 
-Convention "fvcore": VMamba's published count (``flops_selective_scan_fn``,
+Convention "fvcore": VMamba's published count (``flops_selective_scan_fn``, after
 https://github.com/state-spaces/mamba/issues/110): 9*Bt*L*Dm*N, + Bt*Dm*L with D, + Bt*Dm*L
-with z; softplus and the bias are not counted. fvcore traces the forward only and has no rule
-for a backward; here the backward counts twice the forward, the usual training-cost rule
-(backward ~ 2 x forward, e.g. Kaplan et al. 2020), so fvcore-convention training totals are 3x
-the published forward figure.
+with z; softplus and the bias are not counted. fvcore traces the forward only; the backward
+here counts twice the forward, the usual training-cost rule (backward ~ 2 x forward, as for a
+linear layer under this project's fvcore convention, and Kaplan et al. 2020), so a training
+step counts 3x the published forward figure.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ import torch
 from torch import Tensor
 
 from dispatchcount import register_formula
+from dispatchcount.formulas.pointwise import POINTWISE_FLOPS
 
 from . import op  # noqa: F401  (defines the ops)
 
@@ -56,6 +59,26 @@ _FWD = torch.ops.dispatchcount.selective_scan.default
 _BWD = torch.ops.dispatchcount.selective_scan_backward.default
 
 
+EXP, SIGMOID, SILU, SOFTPLUS = (POINTWISE_FLOPS[name] for name in ("exp", "sigmoid", "silu", "softplus"))
+
+# Forward
+FWD_PER_N = 2 + EXP + 4        # delta*A, (delta*u)*B | exp | a*h + bx, C*h accumulated
+FWD_PER_L = 1                  # delta*u
+FWD_D = 2                      # D*u + y
+FWD_Z = SILU + 1               # silu(z), product
+FWD_BIAS = 1                   # delta + delta_bias
+FWD_SOFTPLUS = SOFTPLUS
+# Backward
+BWD_PER_N = 5 + (EXP - 1) + 15  # recompute (5), x, g, dC, dB, gB, p, A-term, dA (1+2+2+2+2+2+2+2)
+BWD_PER_N_Z = 2                # recompute y = C.h
+BWD_PER_L = 4                  # delta*u, du = delta*gB, ddelta = u*gB + A-term
+BWD_D = 4                      # du += D*dy, dD += dy*u
+BWD_D_WITH_Z = 2               # recompute D*u + y for dz
+BWD_Z = SIGMOID + 6 + 2        # sigmoid(z), dz, dy = dout*z*s
+BWD_SOFTPLUS = SOFTPLUS + SIGMOID + 1
+BWD_BIAS = 2
+
+
 def _sizes(u: Tensor, A: Tensor) -> tuple[int, int]:
     batch, dim, length = u.shape
     return int(batch * dim * length), int(A.shape[1])
@@ -67,11 +90,11 @@ def selective_scan_flop(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tenso
                         save_states: bool = False, *, out: Any = None, **_: Any) -> int:
     """Forward FLOPs, convention "flop"."""
     bdl, n = _sizes(u, A)
-    per_bdl = 7 * n + 1
-    per_bdl += 2 if D is not None else 0
-    per_bdl += 5 if z is not None else 0
-    per_bdl += 1 if delta_bias is not None else 0
-    per_bdl += 2 if delta_softplus else 0
+    per_bdl = FWD_PER_N * n + FWD_PER_L
+    per_bdl += FWD_D if D is not None else 0
+    per_bdl += FWD_Z if z is not None else 0
+    per_bdl += FWD_BIAS if delta_bias is not None else 0
+    per_bdl += FWD_SOFTPLUS if delta_softplus else 0
     return bdl * per_bdl
 
 
@@ -83,12 +106,12 @@ def selective_scan_backward_flop(dout: Tensor, dlast_state: Optional[Tensor], u:
                                  out: Any = None, **_: Any) -> int:
     """Backward FLOPs, convention "flop"."""
     bdl, n = _sizes(u, A)
-    per_bdl = 20 * n + 4
+    per_bdl = BWD_PER_N * n + BWD_PER_L
     if z is not None:
-        per_bdl += 2 * n + 11 + (2 if D is not None else 0)
-    per_bdl += 4 if D is not None else 0
-    per_bdl += 6 if delta_softplus else 0
-    per_bdl += 2 if delta_bias is not None else 0
+        per_bdl += BWD_PER_N_Z * n + BWD_Z + (BWD_D_WITH_Z if D is not None else 0)
+    per_bdl += BWD_D if D is not None else 0
+    per_bdl += BWD_SOFTPLUS if delta_softplus else 0
+    per_bdl += BWD_BIAS if delta_bias is not None else 0
     flops = bdl * per_bdl
     if dlast_state is not None:
         flops += int(u.shape[0] * u.shape[1]) * n

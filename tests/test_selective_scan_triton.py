@@ -3,8 +3,8 @@
 TRITON_INTERPRET=1 must be set before the kernels are compiled, and must not leak into other
 tests of the same run: in a normal run this module's single test starts a child pytest on this
 file with the variable set, and fails with the child's output. In the child (variable set) the
-real cases below are collected. The interpreter runs associative_scan element by element in
-Python, so shapes are small (a few channels, N <= 16, L up to 3 chunks).
+real cases below are collected. The interpreter runs every time step of every program as numpy
+calls, so shapes are small (a few channels, N <= 16, L up to 3 chunks of 64 steps).
 """
 
 from __future__ import annotations
@@ -117,6 +117,12 @@ else:
         want = selective_scan(u, delta, A, B, C, D, z, bias, delta_softplus=True)
         got = selective_scan_triton(ut, delta, At, Bt, C, D, z, bias, delta_softplus=True)
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+        # .sum().backward() hands the backward an expanded (stride 0) gradient
+        leaves = [t.requires_grad_(True) for t in (u, delta, A)]
+        want = torch.autograd.grad(selective_scan(u, delta, A, B, C, D, z, bias).sum(), leaves)
+        got = torch.autograd.grad(selective_scan_triton(u, delta, A, B, C, D, z, bias).sum(), leaves)
+        for g, w in zip(got, want):
+            torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-4 * w.abs().max().item())
 
     def test_triton_rejects_float64():
         inputs = make_inputs(1, 2, 5, 2, 1, has_D=False, has_z=False, has_bias=False,

@@ -363,8 +363,7 @@ def backward_config(dstate: int, dim_per_group: int, itemsize: int = 4) -> dict:
     return {"BLOCK_D": block_d, "T": 2, "num_warps": num_warps, "KEEP_DECAY": False}
 
 
-def _check_triton_inputs(*tensors: Optional[Tensor]) -> None:
-    u = tensors[0]
+def _check_triton_inputs(u: Tensor) -> None:
     if u.dtype not in (torch.float32, torch.float16, torch.bfloat16):
         raise ValueError(
             f"selective_scan_triton: u has dtype {u.dtype}, needs float32, float16 or bfloat16 "

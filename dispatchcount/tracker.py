@@ -20,7 +20,7 @@ from __future__ import annotations
 import threading
 import weakref
 from bisect import bisect_right
-from typing import Any, Iterator, Optional
+from typing import Any, Optional
 
 import torch
 from torch.nn.modules.module import register_module_forward_hook, register_module_forward_pre_hook

@@ -3,14 +3,8 @@
 import torch
 import torch.nn.functional as F
 
-from dispatchcount import FlopMode
+from counting import counted
 
-
-def counted(fn, phase=None):
-    with FlopMode() as mode:
-        fn()
-    assert mode.unsupported_ops() == {}
-    return mode.by_operator(phase)
 
 
 def test_embedding_lookup_is_free_and_its_gradient_adds_rows():

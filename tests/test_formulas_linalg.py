@@ -8,15 +8,9 @@ division where a count has a fraction), per matrix; complex 4x. FFT: 5 N log2 N 
 import pytest
 import torch
 
-from dispatchcount import FlopMode
 from dispatchcount.registry import resolve
+from counting import counted
 
-
-def counted(fn, phase=None):
-    with FlopMode() as mode:
-        fn()
-    assert mode.unsupported_ops() == {}
-    return mode.by_operator(phase)
 
 
 def spd(n):

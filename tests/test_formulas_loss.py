@@ -4,18 +4,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from dispatchcount import FlopMode
 from dispatchcount.registry import resolve
+from counting import counted
 
 N = 28
 MEAN = N + 1  # reduction="mean": n adds and one divide
 
-
-def counted(fn, phase=None):
-    with FlopMode() as mode:
-        fn()
-    assert mode.unsupported_ops() == {}
-    return mode.by_operator(phase)
 
 
 @pytest.fixture

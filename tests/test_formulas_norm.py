@@ -10,18 +10,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dispatchcount import FlopMode
 from dispatchcount.registry import resolve
+from counting import counted
 
 aten = torch.ops.aten
 N = 120
 
-
-def counted(fn, phase=None):
-    with FlopMode() as mode:
-        fn()
-    assert mode.unsupported_ops() == {}
-    return mode.by_operator(phase)
 
 
 @pytest.fixture

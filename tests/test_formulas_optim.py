@@ -7,16 +7,10 @@ import pytest
 import torch
 from torch import nn
 
-from dispatchcount import FlopMode
+from counting import counted
 
 N = 17
 
-
-def counted(fn, phase=None):
-    with FlopMode() as mode:
-        fn()
-    assert mode.unsupported_ops() == {}
-    return mode.by_operator(phase)
 
 
 @pytest.fixture

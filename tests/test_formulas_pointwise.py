@@ -4,16 +4,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from dispatchcount import FlopMode
+from counting import counted
 
 N = 12  # elements of the (3, 4) operands below
 
-
-def counted(fn, phase=None):
-    with FlopMode() as mode:
-        fn()
-    assert mode.unsupported_ops() == {}
-    return mode.by_operator(phase)
 
 
 @pytest.fixture

@@ -4,14 +4,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from dispatchcount import FlopMode
+from counting import counted
 
-
-def counted(fn, phase=None):
-    with FlopMode() as mode:
-        fn()
-    assert mode.unsupported_ops() == {}
-    return mode.by_operator(phase)
 
 
 @pytest.fixture

@@ -6,18 +6,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dispatchcount import FlopMode
 from dispatchcount.formulas.products import transformer_encoder_layer_flops
 from dispatchcount.registry import resolve
+from counting import counted
 
 aten = torch.ops.aten
 
-
-def counted(fn, phase=None):
-    with FlopMode() as mode:
-        fn()
-    assert mode.unsupported_ops() == {}
-    return mode.by_operator(phase)
 
 
 def meta(*shape, dtype=torch.float32):

@@ -9,16 +9,10 @@ import math
 import pytest
 import torch
 
-from dispatchcount import FlopMode
+from counting import counted
 
 N, ROWS = 24, 4
 
-
-def counted(fn, phase=None):
-    with FlopMode() as mode:
-        fn()
-    assert mode.unsupported_ops() == {}
-    return mode.by_operator(phase)
 
 
 @pytest.fixture

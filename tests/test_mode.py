@@ -1,7 +1,6 @@
 """FlopMode: attribution to modules, phases, rules, unsupported ops, strictness, reports."""
 
 import json
-import warnings
 
 import pytest
 import torch

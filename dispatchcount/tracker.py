@@ -136,13 +136,16 @@ class ModuleTracker:
         self.names: "weakref.WeakKeyDictionary[torch.nn.Module, str]" = weakref.WeakKeyDictionary()
         self.params: dict[str, int] = {}
         self.calls: dict[str, int] = {}
+        # The model's modules by id (a plain dict: faster than the weak one, read on every call).
+        self._model_modules: dict[int, tuple[torch.nn.Module, str]] = {}
         if model is not None:
             for name, module in model.named_modules():
-                self.names[module] = name
+                self._model_modules[id(module)] = (module, name)
                 self.params[name] = sum(p.numel() for p in module.parameters())
         self._forward = _CallStack(self.root)
         self._recompute = _CallStack(self.root)
         self._segments: list[_Segment] = []
+        self._last_seq, self._last_frame = -1, self.root
         self._thread: Optional[int] = None
         self._handles: list[Any] = []
 
@@ -171,12 +174,17 @@ class ModuleTracker:
     # -- names -----------------------------------------------------------------------------
 
     def name_of(self, module: torch.nn.Module, stack: _CallStack) -> str:
+        known = self._model_modules.get(id(module))
+        if known is not None and known[0] is module:
+            return known[1]
         name = self.names.get(module)
         if name is not None:
             return name
         wrapped = getattr(module, "_orig_mod", None)  # torch.compile's OptimizedModule
-        if isinstance(wrapped, torch.nn.Module) and wrapped in self.names:
-            return self.names[wrapped]
+        if isinstance(wrapped, torch.nn.Module):
+            known = self._model_modules.get(id(wrapped))
+            if known is not None and known[0] is wrapped:
+                return known[1]
         parent = stack.top
         prefix = parent.name + "." if parent.name else ""
         name = prefix + type(module).__name__
@@ -238,6 +246,7 @@ class ModuleTracker:
 
     def _close(self, segment: _Segment, seq: int, output: Any) -> None:
         segment.end = seq
+        self._last_seq = -1
         grad_fns = [
             t.grad_fn for t in tree_leaves(output) if isinstance(t, torch.Tensor) and t.grad_fn is not None
         ]
@@ -251,6 +260,7 @@ class ModuleTracker:
         segment.finalizer.atexit = False
 
     def _prune(self) -> None:
+        self._last_seq = -1
         if any(not s.alive for s in self._segments):
             self._segments = [s for s in self._segments if s.alive]
 
@@ -261,8 +271,16 @@ class ModuleTracker:
         if self._recompute.entries and threading.get_ident() == self._thread:
             return self._recompute.top, True
         seq = node._sequence_nr()
+        frame = self._last_frame if seq == self._last_seq else self._find_frame(seq)
+        return frame, False
+
+    def _find_frame(self, seq: int) -> Frame:
+        # Several ops usually run for one node: remember the last answer.
+        frame = self.root
         for segment in self._segments:
             end = segment.end
             if segment.seqs[0] <= seq and (end is None or seq < end):
-                return segment.frame_of(seq), False
-        return self.root, False
+                frame = segment.frame_of(seq)
+                break
+        self._last_seq, self._last_frame = seq, frame
+        return frame

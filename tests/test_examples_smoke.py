@@ -119,3 +119,16 @@ def test_migrate_from_fvcore():
     scan = sum(depth * (9 * g * g * 8 * c * 16 + g * g * 8 * c)
                for c, g, depth in zip((96, 192, 384, 768), (16, 8, 4, 2), (2, 2, 9, 2)))
     assert ints(line_with(bare, "missing from fvcore's total:"))[0] == scan
+
+
+def test_bench_overhead_runs_and_prints_the_ratios():
+    out = run("examples/bench_overhead.py", "--blocks", "2", "--repeats", "1", "--no-llama")
+    for mode in ("plain", "no-op TorchDispatchMode", "FlopCounterMode", "FlopMode"):
+        assert line_with(out, mode)
+    assert "added per op / no-op mode's" in out and "added per op / FlopCounterMode's" in out
+
+
+def test_bench_selective_scan_runs_on_cpu():
+    out = run("examples/bench_selective_scan.py", "--cpu-repeat", "1")
+    assert "naive loop" in out
+    assert len([line for line in out.splitlines() if line.rstrip().endswith("x")]) >= 4

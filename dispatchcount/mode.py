@@ -143,17 +143,23 @@ class FlopMode:
         """Every counted FLOP; ``phase`` "forward" or "backward" (which includes recompute)."""
         return report.total(self._records, phase)
 
-    def by_module(self, phase: Optional[str] = None) -> dict[str, int]:
-        """{qualified module name: FLOPs}, inclusive of children; "" is everything counted."""
-        return report.by_module(self._records, self._module_names(), phase)
+    def by_module(self, phase: Optional[str] = None, inclusive: bool = True) -> dict[str, int]:
+        """{qualified module name: FLOPs}; "" is everything counted.
+
+        Inclusive of children (and of what a module's callees ran); ``inclusive=False``: only
+        the ops each module ran itself, outside any child module.
+        """
+        return report.by_module(self._records, self._module_names(), phase, inclusive)
 
     def by_operator(self, phase: Optional[str] = None) -> dict[str, int]:
         """{"aten.mm": FLOPs, ...}, overloads of one op summed."""
         return report.by_operator(self._records, phase)
 
-    def by_module_and_operator(self, phase: Optional[str] = None) -> dict[str, dict[str, int]]:
-        """{module: {operator: FLOPs}}, inclusive of children."""
-        return report.by_module_and_operator(self._records, self._module_names(), phase)
+    def by_module_and_operator(
+        self, phase: Optional[str] = None, inclusive: bool = True
+    ) -> dict[str, dict[str, int]]:
+        """{module: {operator: FLOPs}}, inclusive of children unless ``inclusive=False``."""
+        return report.by_module_and_operator(self._records, self._module_names(), phase, inclusive)
 
     def beyond_fvcore(self, phase: Optional[str] = None) -> dict[str, int]:
         """Under ``convention="fvcore"``: {operator: FLOPs} of matmul-like ops fvcore has no

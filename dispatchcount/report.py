@@ -39,12 +39,19 @@ def total(records: Records, phase: Optional[str] = None) -> int:
     return sum(rec[0] for (_, _, ph), rec in records.items() if ph in phases)
 
 
-def by_module(records: Records, names: Iterable[str], phase: Optional[str] = None) -> dict[str, int]:
+def _charged(frame: Any, inclusive: bool) -> tuple[str, ...]:
+    # Inclusive: every module on the call path and enclosing it; else the innermost module.
+    return frame.names if inclusive else (frame.name,)
+
+
+def by_module(
+    records: Records, names: Iterable[str], phase: Optional[str] = None, inclusive: bool = True
+) -> dict[str, int]:
     phases = _phases(phase)
     result = dict.fromkeys(names, 0)
     for (frame, _, ph), (flops, _) in records.items():
         if ph in phases:
-            for name in frame.names:
+            for name in _charged(frame, inclusive):
                 result[name] = result.get(name, 0) + flops
     return result
 
@@ -77,14 +84,14 @@ def calls_by_operator(records: Records) -> dict[str, int]:
 
 
 def by_module_and_operator(
-    records: Records, names: Iterable[str], phase: Optional[str] = None
+    records: Records, names: Iterable[str], phase: Optional[str] = None, inclusive: bool = True
 ) -> dict[str, dict[str, int]]:
     phases = _phases(phase)
     result: dict[str, dict[str, int]] = {name: {} for name in names}
     for (frame, func, ph), (flops, _) in records.items():
         if ph in phases and flops:
             op = op_name(func)
-            for name in frame.names:
+            for name in _charged(frame, inclusive):
                 per_op = result.setdefault(name, {})
                 per_op[op] = per_op.get(op, 0) + flops
     return result

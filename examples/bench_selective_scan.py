@@ -23,7 +23,6 @@ inner loops: a static estimate of issue-bound throughput when no GPU is at hand.
 from __future__ import annotations
 
 import argparse
-import math
 import statistics
 import sys
 import time

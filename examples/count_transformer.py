@@ -137,20 +137,14 @@ def main() -> None:
     print(f"linear + tied head matmuls: counted {counted_linear:,}, by hand {linear:,}")
     print(f"causal attention:           counted {counted_attention:,}, by hand {attention:,}")
     head = 2 * batch * T * cfg.dim * cfg.vocab
-    root_mm = sum(own_ops(fm, model, "", phase="forward").get(op, 0) for op in matmul_ops)
+    root_mm = sum(own_ops(fm, "", phase="forward").get(op, 0) for op in matmul_ops)
     print(f"tied head F.linear(x, tok_emb.weight), charged to the root itself: {root_mm:,} "
           f"(2 * tokens * dim * vocab = {head:,}); to tok_emb: {fm.by_module(phase='forward')['tok_emb']:,}")
 
 
-def own_ops(fm: FlopMode, model: nn.Module, name: str, phase: str | None = None) -> dict[str, int]:
+def own_ops(fm: FlopMode, name: str, phase: str | None = None) -> dict[str, int]:
     """{operator: FLOPs} of the ops module ``name`` ran itself, outside any of its children."""
-    table = fm.by_module_and_operator(phase=phase)  # inclusive of children
-    own = dict(table.get(name, {}))
-    prefix = f"{name}." if name else ""
-    for child, _ in model.get_submodule(name).named_children():
-        for op, flops in table.get(prefix + child, {}).items():
-            own[op] -= flops
-    return {op: flops for op, flops in own.items() if flops}
+    return fm.by_module_and_operator(phase=phase, inclusive=False)[name]
 
 
 if __name__ == "__main__":

@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Callable
 
 import torch
-from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -37,15 +36,9 @@ PUBLISHED = {
 }
 
 
-def own_ops(fm: FlopMode, model: nn.Module, name: str, phase: str | None = None) -> dict[str, int]:
+def own_ops(fm: FlopMode, name: str, phase: str | None = None) -> dict[str, int]:
     """{operator: FLOPs} of the ops module ``name`` ran itself, outside any of its children."""
-    table = fm.by_module_and_operator(phase=phase)  # inclusive of children
-    own = dict(table.get(name, {}))
-    prefix = f"{name}." if name else ""
-    for child, _ in model.get_submodule(name).named_children():
-        for op, flops in table.get(prefix + child, {}).items():
-            own[op] -= flops
-    return {op: flops for op, flops in own.items() if flops}
+    return fm.by_module_and_operator(phase=phase, inclusive=False)[name]
 
 
 def count_on_meta(builder: Callable[[], VSSM], convention: str, train: bool = False) -> tuple[VSSM, FlopMode, float]:
@@ -89,7 +82,7 @@ def show_ss2d_attribution() -> None:
     scan = 9 * L * K * D * N + L * K * D  # VMamba's selective-scan count, with the D skip
     print(f"\n=== where SS2D's raw-parameter einsums go (vmamba_tiny_v0, {name}, fvcore) ===")
     print(f"children of {name}: {[n for n, _ in ss2d.named_children()]} (no x_proj / dt_proj module)")
-    print(f"ops {name} ran itself: {own_ops(fm, model, name)}")
+    print(f"ops {name} ran itself: {own_ops(fm, name)}")
     print(f"by hand: selective scan 9*L*KD*N + L*KD = {scan:,}; einsums x_proj L*K*(R+2N)*D = {x_proj:,} "
           f"and dt_proj L*K*D*R = {dt_proj:,} multiply-adds,")
     print(f"  which fvcore's einsum handle reads from numpy's einsum_path report, printed to 4 significant "

@@ -113,6 +113,8 @@ def test_weights_used_directly_and_repeated_calls():
     assert flops[""] == 3 * one
     assert flops["shared"] == 2 * one  # called twice: accumulates
     assert flops["dt_proj"] == 0  # its weight was used by the parent, which is charged
+    assert mode.by_module(inclusive=False) == {"": one, "dt_proj": 0, "shared": 2 * one}
+    assert mode.by_module_and_operator(inclusive=False)[""] == {"aten.mm": one}
     assert mode.uncalled_modules() == {"dt_proj"}
     assert mode.module_calls()["shared"] == 2
 

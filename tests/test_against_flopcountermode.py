@@ -157,3 +157,20 @@ def test_grouped_convolution_weight_gradient_divides_by_groups():
     assert ops["aten.convolution_backward"] == 2 * forward
     reference, _ = fcm_counts(lambda: conv(x).sum().backward())
     assert reference["aten.convolution_backward"] == forward + 8 * forward
+
+
+def test_flex_attention_formulas_equal_fcm():
+    # FlexAttention cannot run eagerly on CPU under a dispatch mode; check the formulas
+    # themselves against FlopCounterMode's registry entries and by hand.
+    from torch._higher_order_ops.flex_attention import flex_attention, flex_attention_backward
+
+    from dispatchcount.registry import resolve
+
+    q, k, v = (torch.empty(2, 4, 16, 8, device="meta") for _ in range(3))
+    forward, backward = resolve(flex_attention), resolve(flex_attention_backward)
+    by_hand = 2 * 2 * 4 * 16 * 16 * 8
+    assert forward(q, k, v, None, None) == 2 * by_hand
+    assert backward(q, k, v, q, q, q, None) == 5 * by_hand
+    fcm = flop_counter.flop_registry
+    assert fcm[flex_attention](q, k, v) == 2 * by_hand
+    assert fcm[flex_attention_backward](q, k, v, q, q, q, None) == 5 * by_hand

@@ -70,7 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--input-dtype", choices=sorted(_DTYPES), default="float32",
                         help="dtype of the inputs (integer inputs are zeros, e.g. token ids)")
     parser.add_argument("--depth", type=int, default=3, help="module depth shown in the table (default 3)")
-    parser.add_argument("--convention", choices=CONVENTIONS, default="flop")
+    parser.add_argument("--convention", choices=tuple(CONVENTIONS), default="flop")
     parser.add_argument("--device", default="cpu", help="cpu, cuda or meta (meta: no memory, no data)")
     parser.add_argument("--backward", action="store_true", help="also count the backward of output.sum()")
     parser.add_argument("--train", action="store_true", help="count in train mode (default: eval)")

@@ -2,32 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
 import warnings
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Iterator, Mapping, Optional
 
 import torch
-from torch._subclasses.fake_tensor import FakeTensor
-from torch.utils._python_dispatch import TorchDispatchMode
 
-import dispatchcount.formulas  # noqa: F401  (registers the built-in rules)
 from dispatchcount import report
-from dispatchcount.registry import CONVENTIONS, DECOMPOSE, HIGHER_ORDER, UNSUPPORTED, ZERO, resolve, rule_cache
-from dispatchcount.tracker import Frame, ModuleTracker
+from dispatchcount.problems import FormulaError, Problems, UnsupportedOperatorError
+from dispatchcount.records import RECORDABLE, Counts, Records, op_name, snapshot_rows
+from dispatchcount.registry import Formula, convention as find_convention
+from dispatchcount.tracker import ModuleTracker
 
 __all__ = ["FlopMode", "count_flops", "UnsupportedOperatorError", "FormulaError"]
-
-FORWARD, BACKWARD, RECOMPUTE = "forward", "backward", "recompute"
-
-_current_node = torch._C._current_autograd_node
-_COMPOSITE_IMPLICIT = torch._C.DispatchKey.CompositeImplicitAutograd
-
-
-class UnsupportedOperatorError(RuntimeError):
-    """Raised under ``strict=True`` for an op that has no FLOP rule."""
-
-
-class FormulaError(RuntimeError):
-    """Raised under ``strict=True`` when a FLOP formula fails."""
 
 
 class FlopMode:
@@ -40,6 +27,9 @@ class FlopMode:
             ``"fvcore"`` (fvcore's rules: a multiply-add is 1, elementwise ops are free).
         strict: raise on an op with no rule or a formula that fails, instead of reporting it.
         display: print ``table()`` on exit.
+        metrics: what to record besides FLOPs and calls (``"flops"`` is always recorded).
+        formulas: ``{op: formula or None}`` for this counter only, ahead of the registered
+            rules of ``convention`` (None counts the op as 0).
 
     Each ``with`` block starts from zero. Forward FLOPs go to the running module; backward
     FLOPs to the module whose forward created the autograd node being run.
@@ -52,45 +42,56 @@ class FlopMode:
         convention: str = "flop",
         strict: bool = False,
         display: bool = False,
+        metrics: tuple[str, ...] = ("flops",),
+        formulas: Optional[Mapping[Any, Optional[Formula]]] = None,
     ) -> None:
         if model is not None and not isinstance(model, torch.nn.Module):
             raise TypeError(f"model must be a torch.nn.Module or None, got {type(model).__name__}")
-        if convention not in CONVENTIONS:
-            raise ValueError(f"convention must be one of {CONVENTIONS}, got {convention!r}")
+        self._convention = find_convention(convention)
+        metrics = (metrics,) if isinstance(metrics, str) else tuple(metrics)
+        unknown = [m for m in metrics if m not in RECORDABLE]
+        if unknown:
+            raise ValueError(f"metrics must be among {tuple(RECORDABLE)}, got {unknown[0]!r}")
+        if "bytes" in metrics or "time" in metrics:
+            raise NotImplementedError(f"metrics {metrics}: only 'flops' is recorded in this version")
         self.model = model
         self.convention = convention
         self.strict = strict
         self.display = display
-        self._records: dict[tuple[Frame, Any, str], list[int]] = {}
-        self._unsupported: dict[Any, int] = {}
-        self._errors: dict[Any, list[Any]] = {}
+        self.metrics = ("flops",) + tuple(m for m in metrics if m != "flops")
+        table = self._convention.load()
+        self._rules = table.overlay(formulas) if formulas else table
+        self._records = Records()
+        self._problems = Problems(convention, strict)
         self._tracker = ModuleTracker(model)
-        self._dispatch: Optional[_CountingDispatch] = None
+        self._hook: Any = None
+        self._snapshot: Optional[Counts] = None
 
     # -- context ---------------------------------------------------------------------------
 
     def __enter__(self) -> "FlopMode":
-        if self._dispatch is not None:
+        if self._hook is not None:
             raise RuntimeError("this FlopMode is already active; nest a new FlopMode instead")
         self._records.clear()
-        self._unsupported.clear()
-        self._errors.clear()
+        self._problems.clear()
+        self._snapshot = None
         self._tracker = ModuleTracker(self.model)
         self._tracker.start()
-        self._dispatch = self._make_dispatch()
+        hook_class = self._convention.hook_class()
+        self._hook = hook_class(self._rules, self._records, self._tracker, self._problems)
         try:
-            self._dispatch.__enter__()
+            self._hook.__enter__()
         except BaseException:
             self._tracker.stop()
-            self._dispatch = None
+            self._hook = None
             raise
         return self
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
-        dispatch, self._dispatch = self._dispatch, None
+        hook, self._hook = self._hook, None
         try:
-            if dispatch is not None:
-                dispatch.__exit__(exc_type, exc, tb)
+            if hook is not None:
+                hook.__exit__(exc_type, exc, tb)
         finally:
             self._tracker.stop()
         if exc_type is None:
@@ -98,31 +99,16 @@ class FlopMode:
             if self.display:
                 print(self.table())
 
-    def _make_dispatch(self) -> "_CountingDispatch":
-        if self.convention == "fvcore":  # fvcore's composite ops are also counted at the Python call
-            from dispatchcount.fvcore_mode import FvcoreDispatch
-
-            return FvcoreDispatch(self)
-        return _CountingDispatch(self)
-
-    # -- recording (called from the dispatch hook) -----------------------------------------
-
-    def _note_unsupported(self, func: Any) -> None:
-        if self.strict:
-            raise UnsupportedOperatorError(
-                f"dispatchcount: no FLOP rule for {func} (convention {self.convention!r}); "
-                "register one with dispatchcount.register_formula"
-            )
-        self._unsupported[func] = self._unsupported.get(func, 0) + 1
-
-    def _note_error(self, func: Any, error: Exception) -> None:
-        if self.strict:
-            raise FormulaError(f"dispatchcount: the FLOP formula for {func} raised {error!r}") from error
-        entry = self._errors.get(func)
-        if entry is None:
-            self._errors[func] = [1, f"{type(error).__name__}: {error}"]
-        else:
-            entry[0] += 1
+    @contextlib.contextmanager
+    def section(self, label: str) -> Iterator[None]:
+        """Label what runs inside (``with fm.section("prefill"): ...``); see :meth:`by_section`."""
+        if not isinstance(label, str):
+            raise TypeError(f"section label must be a string, got {type(label).__name__}")
+        previous = self._records.switch(label)
+        try:
+            yield
+        finally:
+            self._records.switch(previous)
 
     def _warn_uncounted(self) -> None:
         uncounted = self.unsupported_ops()
@@ -137,164 +123,124 @@ class FlopMode:
             stacklevel=3,
         )
 
-    # -- results ---------------------------------------------------------------------------
+    # -- the snapshot ----------------------------------------------------------------------
 
-    def total(self, phase: Optional[str] = None) -> int:
-        """Every counted FLOP; ``phase`` "forward" or "backward" (which includes recompute)."""
-        return report.total(self._records, phase)
+    def counts(self) -> Counts:
+        """A snapshot of everything counted so far; every result below is read from it.
 
-    def by_module(self, phase: Optional[str] = None, inclusive: bool = True) -> dict[str, int]:
-        """{qualified module name: FLOPs}; "" is everything counted.
+        Taken inside the ``with`` block it is ``partial`` (the run is not over)."""
+        if self._snapshot is not None:
+            return self._snapshot
+        counts = self._take_snapshot()
+        if self._hook is None:
+            self._snapshot = counts
+        return counts
 
-        Inclusive of children (and of what a module's callees ran); ``inclusive=False``: only
-        the ops each module ran itself, outside any child module.
-        """
-        return report.by_module(self._records, self._module_names(), phase, inclusive)
+    def _take_snapshot(self) -> Counts:
+        tracker = self._tracker
+        names = [name for name, _ in self.model.named_modules()] if self.model is not None else [""]
+        known = set(names)
+        names += [name for name in tracker.params if name not in known]
+        classes = {}
+        if self.model is not None:
+            classes = {name: type(module).__name__ for name, module in self.model.named_modules()}
+        beyond = self._convention.beyond_reference()
+        rows = snapshot_rows(self._records)
+        return Counts(
+            convention=self.convention,
+            unit=self._convention.unit,
+            rows=rows,
+            modules=tuple(names),
+            params=dict(tracker.params),
+            calls=dict(tracker.calls),
+            classes=classes,
+            has_model=self.model is not None,
+            model_ran=self.model is None or "" in tracker.calls,
+            unsupported=self._merged_problems(),
+            errors={op_name(f): e[1] for f, e in self._problems.errors.items()},
+            uncalled=frozenset(self._uncalled()),
+            metrics=self.metrics,
+            beyond_ops=frozenset(r.operator for r in rows if beyond(r.operator)) if beyond else frozenset(),
+            beyond_label=self._convention.beyond_label,
+            partial=self._hook is not None,
+        )
 
-    def by_operator(self, phase: Optional[str] = None) -> dict[str, int]:
-        """{"aten.mm": FLOPs, ...}, overloads of one op summed."""
-        return report.by_operator(self._records, phase)
-
-    def by_module_and_operator(
-        self, phase: Optional[str] = None, inclusive: bool = True
-    ) -> dict[str, dict[str, int]]:
-        """{module: {operator: FLOPs}}, inclusive of children unless ``inclusive=False``."""
-        return report.by_module_and_operator(self._records, self._module_names(), phase, inclusive)
-
-    def beyond_fvcore(self, phase: Optional[str] = None) -> dict[str, int]:
-        """Under ``convention="fvcore"``: {operator: FLOPs} of matmul-like ops fvcore has no
-        handle for (attention, baddbmm, ...), counted here but absent from fvcore's total."""
-        return report.beyond_fvcore(self, phase)
-
-    def unsupported_ops(self) -> dict[str, int]:
-        """{operator: calls} of ops that ran with no rule, or whose formula failed."""
+    def _merged_problems(self) -> dict[str, int]:
         result: dict[str, int] = {}
-        for func, calls in self._unsupported.items():
-            name = report.op_name(func)
+        for func, calls in self._problems.unsupported.items():
+            name = op_name(func)
             result[name] = result.get(name, 0) + calls
-        for func, (calls, _) in self._errors.items():
-            name = report.op_name(func)
+        for func, (calls, _) in self._problems.errors.items():
+            name = op_name(func)
             result[name] = result.get(name, 0) + calls
         return result
 
-    def formula_errors(self) -> dict[str, str]:
-        """{operator: first error message} of formulas that raised."""
-        return {report.op_name(f): e[1] for f, e in self._errors.items()}
-
-    def uncalled_modules(self) -> set[str]:
-        """Names of the model's modules whose forward never ran."""
+    def _uncalled(self) -> set[str]:
         if self.model is None:
             return set()
         called = self._tracker.calls
         return {name for name, _ in self.model.named_modules() if name not in called}
 
+    # -- results ---------------------------------------------------------------------------
+
+    def total(self, phase: Optional[str] = None, *, metric: str = "flops") -> int:
+        """Every counted FLOP; ``phase`` "forward" or "backward" (which includes recompute)."""
+        return self.counts().total(phase, metric)
+
+    def by_module(self, phase: Optional[str] = None, inclusive: bool = True, *, metric: str = "flops") -> dict[str, int]:
+        """{qualified module name: FLOPs}; "" is everything counted.
+
+        Inclusive of children (and of what a module's callees ran); ``inclusive=False``: only
+        the ops each module ran itself, outside any child module.
+        """
+        return self.counts().by_module(phase, inclusive, metric)
+
+    def by_operator(self, phase: Optional[str] = None, *, metric: str = "flops") -> dict[str, int]:
+        """{"aten.mm": FLOPs, ...}, overloads of one op summed, largest first."""
+        return self.counts().by_operator(phase, metric)
+
+    def by_module_and_operator(
+        self, phase: Optional[str] = None, inclusive: bool = True, *, metric: str = "flops"
+    ) -> dict[str, dict[str, int]]:
+        """{module: {operator: FLOPs}}, inclusive of children unless ``inclusive=False``."""
+        return self.counts().by_module_and_operator(phase, inclusive, metric)
+
+    def by_dtype(self, phase: Optional[str] = None) -> dict[str, int]:
+        """{dtype: FLOPs}, by the dtype each op computed in ("float32", "bfloat16" ...)."""
+        return self.counts().by_dtype(phase)
+
+    def by_section(self, phase: Optional[str] = None, *, metric: str = "flops") -> dict[Optional[str], int]:
+        """{section label: FLOPs} (see :meth:`section`); None holds what ran outside any section."""
+        return self.counts().by_section(phase, metric)
+
+    def beyond_fvcore(self, phase: Optional[str] = None) -> dict[str, int]:
+        """Under ``convention="fvcore"``: {operator: FLOPs} of matmul-like ops fvcore has no
+        handle for (attention, baddbmm, ...), counted here but absent from fvcore's total."""
+        return self.counts().beyond(phase)
+
+    def unsupported_ops(self) -> dict[str, int]:
+        """{operator: calls} of ops that ran with no rule, or whose formula failed."""
+        return dict(self.counts().unsupported)
+
+    def formula_errors(self) -> dict[str, str]:
+        """{operator: first error message} of formulas that raised."""
+        return dict(self.counts().errors)
+
+    def uncalled_modules(self) -> set[str]:
+        """Names of the model's modules whose forward never ran."""
+        return set(self.counts().uncalled)
+
     def module_calls(self) -> dict[str, int]:
         """{module name: forward calls}."""
-        return dict(self._tracker.calls)
+        return dict(self.counts().calls)
 
     def table(self, depth: int = 3) -> str:
         """A table by module: parameters, forward, backward and total FLOPs, share of the total."""
-        return report.table(self, depth)
+        return report.table(self.counts(), depth)
 
     def to_dict(self) -> dict[str, Any]:
         """Everything above as a JSON-serializable dict."""
-        return report.to_dict(self)
-
-    def _module_names(self) -> list[str]:
-        names = [name for name, _ in self.model.named_modules()] if self.model is not None else [""]
-        known = set(names)
-        names += [name for name in self._tracker.params if name not in known]
-        return names
-
-
-class _CountingDispatch(TorchDispatchMode):
-    """The dispatch hook: one cached rule lookup per op, then at most one formula call."""
-
-    supports_higher_order_operators = True
-
-    def __init__(self, counter: FlopMode) -> None:
-        super().__init__()
-        self.counter = counter
-        self.convention = counter.convention
-        self.rules = rule_cache(counter.convention)
-        self.records = counter._records
-        self.tracker = counter._tracker
-
-    def __torch_dispatch__(self, func: Any, types: Any, args: tuple = (), kwargs: Optional[dict] = None) -> Any:
-        if kwargs is None:
-            kwargs = {}
-        rule = self.rules.get(func)
-        if rule is None:
-            rule = resolve(func, self.convention)
-        if rule is ZERO:
-            return func(*args, **kwargs)
-        if rule is DECOMPOSE:
-            # Run the C++ CompositeImplicit kernel, as a plain run does. (func.decompose() would
-            # prefer a Python decomposition where torch._decomp registered one, e.g. for
-            # upsample_bilinear2d.vec under inference_mode, which rounds differently.)
-            with self:
-                return func._op_dk(_COMPOSITE_IMPLICIT, *args, **kwargs)
-        if rule is UNSUPPORTED:
-            self.counter._note_unsupported(func)
-            return func(*args, **kwargs)
-        if rule is HIGHER_ORDER:
-            return self._run_higher_order(func, args, kwargs)
-
-        out = func(*args, **kwargs)
-        try:
-            if "out" in kwargs:  # an ``.out`` overload: its out= tensor is the result, passed once
-                kwargs = {k: v for k, v in kwargs.items() if k != "out"}
-            flops = rule(*args, out=out, **kwargs)
-            if type(flops) is not int:
-                flops = _as_count(flops)
-        except Exception as error:
-            self.counter._note_error(func, error)
-            return out
-
-        self.record(func, flops)
-        return out
-
-    def record(self, func: Any, flops: int) -> None:
-        """Add ``flops`` and one call to ``func`` in the running module and phase."""
-        node = _current_node()
-        if node is None:
-            key = (self.tracker.current, func, FORWARD)
-        else:
-            frame, recompute = self.tracker.backward_frame(node)
-            key = (frame, func, RECOMPUTE if recompute else BACKWARD)
-        record = self.records.get(key)
-        if record is None:
-            self.records[key] = [flops, 1]
-        else:
-            record[0] += flops
-            record[1] += 1
-
-
-    def _run_higher_order(self, func: Any, args: tuple, kwargs: dict) -> Any:
-        """Run a higher-order op's body under this mode, so that the ops inside are counted."""
-        if func is torch.ops.higher_order.cond:
-            pred, true_fn, false_fn, operands = args
-            if not isinstance(pred, torch.Tensor) or _has_data(pred):
-                with self:  # what runs is counted: the branch taken
-                    return (true_fn if bool(pred) else false_fn)(*operands)
-        if func is torch.ops.higher_order.invoke_subgraph:
-            subgraph, _, *operands = args
-            with self:
-                return subgraph(*operands)
-        self.counter._note_unsupported(func)
-        return func(*args, **kwargs)
-
-
-def _has_data(t: torch.Tensor) -> bool:
-    return t.device.type != "meta" and not isinstance(t, FakeTensor)
-
-
-def _as_count(flops: Any) -> int:
-    if isinstance(flops, torch.SymInt):
-        flops = int(flops)
-    if not isinstance(flops, (int, float)) or isinstance(flops, bool) or flops < 0 or flops != flops:
-        raise TypeError(f"a FLOP formula must return a non-negative number, got {flops!r}")
-    return int(flops)
+        return report.to_dict(self.counts())
 
 
 def count_flops(

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from dispatchcount import FlopMode
-from dispatchcount.formulas.fvcore_rules import fvcore_einsum_macs
+from dispatchcount.fvcore.einsum import fvcore_einsum_macs
 from dispatchcount.fvcore import _JitValue
 from dispatchcount.registry import UNSUPPORTED, ZERO, resolve
 

@@ -1,11 +1,11 @@
-"""FLOP formulas, one module per op family; importing this package registers them all."""
+"""FLOP formulas of convention "flop", one module per op family; importing this package
+registers them all (and the explicit zeros, which every FLOP convention shares).
+
+Resolvers are asked in registration order, so the order of the imports below is the order in
+which the families are asked about an op none of them names explicitly.
+"""
 
 from dispatchcount.formulas import attention, conv, matmul, prim  # noqa: F401
-from dispatchcount.formulas import fvcore_rules  # noqa: F401
-
-# Every other aten family (issue 3): pointwise, reductions, norms, pooling, losses, indexing,
-# sorting, linear algebra, FFT, optimizers, RNN layers, other products, sparse, quantization,
-# and the reviewed explicit zeros.
 from dispatchcount.formulas import (  # noqa: F401
     pointwise,
     reduction,

@@ -1,4 +1,5 @@
-"""Helpers for the per-family formulas: dtypes, results, argument readers, name-based resolvers.
+"""Helpers for the per-family formulas: dtypes, results, argument readers, name-based resolvers,
+and the multiply-add counts that both conventions share (convolution, attention).
 
 Formulas run for every op call, so everything here is cheap: shapes, numel and dtypes only,
 never tensor data (arguments may be meta or fake tensors).
@@ -6,7 +7,8 @@ never tensor data (arguments may be meta or fake tensors).
 
 from __future__ import annotations
 
-from typing import Any, Callable, Optional
+from math import prod
+from typing import Any, Callable, Optional, Sequence
 
 import torch
 from torch._ops import OpOverload
@@ -17,10 +19,19 @@ __all__ = [
     "COMPLEX_ADD",
     "COMPLEX_MUL",
     "Tensor",
+    "add_factor",
     "arg_reader",
+    "argument",
+    "attention_backward_macs",
+    "attention_macs",
     "base_name",
-    "counted",
+    "bind",
+    "conv_macs",
     "dtype_factor",
+    "fixed",
+    "macs_to_flops",
+    "mul_factor",
+    "prod",
     "first_tensor",
     "first_tensor_list",
     "has_arg",
@@ -28,6 +39,7 @@ __all__ = [
     "register_family",
     "without_out_arguments",
     "result_tensor",
+    "schema_arguments",
 ]
 
 Tensor = torch.Tensor
@@ -41,9 +53,18 @@ COMPLEX_MUL = 4
 ArgReader = Callable[[tuple, dict], Any]
 
 
-def counted(dtype: torch.dtype) -> bool:
-    """FLOPs are floating-point operations: only floating and complex dtypes are counted."""
-    return dtype.is_floating_point or dtype.is_complex
+def macs_to_flops(macs: int, dtype: torch.dtype) -> int:
+    """FLOPs of ``macs`` multiply-adds in ``dtype``.
+
+    A real multiply-add is 2 FLOPs (FlopCounterMode's convention). A complex multiply-add is
+    8 real FLOPs: (a+bi)(c+di) takes 4 multiplies and 2 adds, and accumulating it 2 more adds.
+    Integer and bool dtypes are not floating point: 0.
+    """
+    if dtype.is_complex:
+        return 8 * macs
+    if dtype.is_floating_point:
+        return 2 * macs
+    return 0
 
 
 def dtype_factor(complex_factor: int, *tensors: Optional[Tensor]) -> int:
@@ -58,6 +79,16 @@ def dtype_factor(complex_factor: int, *tensors: Optional[Tensor]) -> int:
         if dtype.is_floating_point:
             factor = 1
     return factor
+
+
+def mul_factor(*tensors: Optional[Tensor]) -> int:
+    """The dtype factor of a product or function: 0 for integers, COMPLEX_MUL for complex."""
+    return dtype_factor(COMPLEX_MUL, *tensors)
+
+
+def add_factor(*tensors: Optional[Tensor]) -> int:
+    """The dtype factor of an addition: 0 for integers, COMPLEX_ADD for complex."""
+    return dtype_factor(COMPLEX_ADD, *tensors)
 
 
 def result_tensor(out: Any) -> Optional[Tensor]:
@@ -91,6 +122,19 @@ def first_tensor_list(args: tuple) -> list:
     return []
 
 
+def argument(args: Sequence[Any], kwargs: dict, index: int, name: str, default: Any = None) -> Any:
+    """Argument ``name`` at position ``index``: positional, keyword, or ``default``."""
+    if index < len(args):
+        return args[index]
+    return kwargs.get(name, default)
+
+
+def bind(args: Sequence[Any], kwargs: dict, names: Sequence[str], defaults: Optional[dict] = None) -> list:
+    """The values of the arguments ``names``, in order (see :func:`argument`)."""
+    defaults = defaults or {}
+    return [argument(args, kwargs, i, name, defaults.get(name)) for i, name in enumerate(names)]
+
+
 def arg_reader(op: OpOverload, name: str, default: Any = None) -> ArgReader:
     """A reader ``read(args, kwargs)`` of argument ``name`` of ``op`` as dispatched.
 
@@ -112,6 +156,21 @@ def arg_reader(op: OpOverload, name: str, default: Any = None) -> ArgReader:
     return lambda args, kwargs: default
 
 
+def schema_arguments(op: OpOverload, args: tuple, kwargs: dict) -> list:
+    """Every schema argument of ``op`` in order, defaults filled in (as a JIT node lists its inputs)."""
+    values = []
+    for i, argument_ in enumerate(op._schema.arguments):
+        if i < len(args) and not argument_.kwarg_only:
+            values.append(args[i])
+        elif argument_.name in kwargs:
+            values.append(kwargs[argument_.name])
+        elif argument_.has_default_value():
+            values.append(argument_.default_value)
+        else:
+            values.append(None)
+    return values
+
+
 def has_arg(op: OpOverload, name: str) -> bool:
     return any(a.name == name for a in op._schema.arguments)
 
@@ -127,6 +186,11 @@ def base_name(op: OpOverload) -> str:
 RuleFactory = Callable[[OpOverload], Any]
 
 
+def fixed(formula: Callable[..., int]) -> RuleFactory:
+    """A family-table entry whose formula is the same for every overload of the op."""
+    return lambda op: formula
+
+
 def register_family(table: dict[str, RuleFactory], convention: str = "flop") -> None:
     """Resolve ops by base name: ``table[base_name(op)](op)`` builds the op's rule.
 
@@ -140,7 +204,8 @@ def register_family(table: dict[str, RuleFactory], convention: str = "flop") -> 
         factory = table.get(base_name(op))
         return None if factory is None else without_out_arguments(op, factory(op))
 
-    register_resolver(convention, resolve_by_name)
+    module = next(iter(table.values())).__module__ if table else __name__
+    register_resolver(convention, resolve_by_name, family=f"the family table of {module}")
 
 
 def out_argument_names(op: OpOverload) -> tuple[str, ...]:
@@ -167,3 +232,28 @@ def without_out_arguments(op: OpOverload, rule: Any) -> Any:
 
     formula_without_out_arguments.__wrapped__ = rule  # type: ignore[attr-defined]
     return formula_without_out_arguments
+
+
+# -- multiply-adds shared by both conventions ------------------------------------------------
+
+
+def conv_macs(x_shape: Sequence[int], w_shape: Sequence[int], out_shape: Sequence[int], transposed: bool) -> int:
+    """Multiply-adds of one convolution: ``batch * prod(spatial) * prod(weight.shape)``.
+
+    ``spatial`` is the output's spatial size for a convolution and the input's for a
+    transposed one (each input point is scattered through the kernel); ``weight.shape``
+    already divides channels by ``groups``. Bias is not counted (FlopCounterMode, fvcore).
+    """
+    spatial = x_shape[2:] if transposed else out_shape[2:]
+    return x_shape[0] * prod(spatial) * prod(w_shape)
+
+
+def attention_macs(q: Sequence[int], k: Sequence[int], v: Sequence[int]) -> int:
+    """Multiply-adds of ``softmax(Q K^T) V`` for q (..., h_q, s_q, d), k (..., h_kv, s_k, d),
+    v (..., h_kv, s_k, d_v): ``Q K^T`` and ``P V`` per query head (grouped-query heads broadcast)."""
+    return prod(q[:-1]) * k[-2] * (q[-1] + v[-1])
+
+
+def attention_backward_macs(q: Sequence[int], k: Sequence[int], v: Sequence[int]) -> int:
+    """Backward multiply-adds: ``Q K^T`` recomputed, then dP and dV (d_v each), dQ and dK (d each)."""
+    return prod(q[:-1]) * k[-2] * (3 * q[-1] + 2 * v[-1])

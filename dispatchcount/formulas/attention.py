@@ -13,11 +13,14 @@ from __future__ import annotations
 from typing import Iterator, Optional, Sequence
 
 import torch
-from torch._higher_order_ops.flex_attention import flex_attention, flex_attention_backward
+from torch._higher_order_ops.flex_attention import (
+    flex_attention,
+    flex_attention_backward,
+)
 from torch._subclasses.fake_tensor import FakeTensor
 from torch._subclasses.functional_tensor import FunctionalTensor
 
-from dispatchcount.formulas._common import macs_to_flops
+from dispatchcount.formulas._helpers import attention_backward_macs, attention_macs, macs_to_flops
 from dispatchcount.registry import register_formula
 
 aten = torch.ops.aten
@@ -27,16 +30,12 @@ Shape = Sequence[int]
 
 def attention_flops(q: Shape, k: Shape, v: Shape) -> int:
     """Forward FLOPs for q (b, h_q, s_q, d), k (b, h_kv, s_k, d), v (b, h_kv, s_k, d_v)."""
-    b, h, s_q, d_qk = q
-    s_k, d_v = k[2], v[3]
-    return 2 * b * h * s_q * s_k * (d_qk + d_v)
+    return 2 * attention_macs(q, k, v)
 
 
 def attention_backward_flops(q: Shape, k: Shape, v: Shape) -> int:
     """Backward FLOPs: recompute Q K^T, then dP, dV (d_v each) and dQ, dK (d_qk each)."""
-    b, h, s_q, d_qk = q
-    s_k, d_v = k[2], v[3]
-    return 2 * b * h * s_q * s_k * (3 * d_qk + 2 * d_v)
+    return 2 * attention_backward_macs(q, k, v)
 
 
 # -- (b, h, s, d) layout: the scaled_dot_product_* family ---------------------------------

@@ -17,7 +17,7 @@ from typing import Sequence
 
 import torch
 
-from dispatchcount.formulas._common import macs_to_flops, prod
+from dispatchcount.formulas._helpers import conv_macs, macs_to_flops, prod
 from dispatchcount.registry import register_formula
 
 aten = torch.ops.aten
@@ -31,8 +31,7 @@ def conv_flops(
     dtype: torch.dtype,
 ) -> int:
     """FLOPs of one convolution with input ``x_shape`` and weight ``w_shape`` giving ``out_shape``."""
-    spatial = x_shape[2:] if transposed else out_shape[2:]
-    return macs_to_flops(x_shape[0] * prod(spatial) * prod(w_shape), dtype)
+    return macs_to_flops(conv_macs(x_shape, w_shape, out_shape, transposed), dtype)
 
 
 def _forward(transposed: bool):

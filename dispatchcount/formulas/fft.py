@@ -12,11 +12,14 @@ counter as these three ops. See docs/conventions.md, "FFT".
 from __future__ import annotations
 
 from math import log2
-from typing import Any, Callable
+from typing import Any
 
-from torch._ops import OpOverload
-
-from dispatchcount.formulas._helpers import Tensor, register_family, result_tensor
+from dispatchcount.formulas._helpers import (
+    Tensor,
+    fixed,
+    register_family,
+    result_tensor,
+)
 
 __all__ = ["fft_flops"]
 
@@ -66,9 +69,5 @@ def _c2r(self, dim, normalization, last_dim_size, *args, out=None, **kwargs):
     return _transforms(result, dim, True, out) + _scaling(normalization, out)
 
 
-def _const(formula: Callable[..., int]) -> Callable[[OpOverload], Callable[..., int]]:
-    return lambda op: formula
-
-
-FAMILY = {"_fft_c2c": _const(_c2c), "_fft_r2c": _const(_r2c), "_fft_c2r": _const(_c2r)}
+FAMILY = {"_fft_c2c": fixed(_c2c), "_fft_r2c": fixed(_r2c), "_fft_c2r": fixed(_c2r)}
 register_family(FAMILY)

@@ -13,11 +13,10 @@ from typing import Any, Callable
 from torch._ops import OpOverload
 
 from dispatchcount.formulas._helpers import (
-    COMPLEX_ADD,
-    COMPLEX_MUL,
-    Tensor,
+    add_factor,
     arg_reader,
-    dtype_factor,
+    fixed,
+    mul_factor,
     register_family,
     result_tensor,
 )
@@ -27,19 +26,11 @@ __all__ = ["EMBEDDING_BAG_SUM", "EMBEDDING_BAG_MEAN", "EMBEDDING_BAG_MAX"]
 EMBEDDING_BAG_SUM, EMBEDDING_BAG_MEAN, EMBEDDING_BAG_MAX = 0, 1, 2
 
 
-def _add_f(t: Tensor) -> int:
-    return dtype_factor(COMPLEX_ADD, t)
-
-
-def _mul_f(t: Tensor) -> int:
-    return dtype_factor(COMPLEX_MUL, t)
-
-
 def _embedding_dense_backward(grad_output, indices, num_weights, padding_idx, scale_grad_by_freq,
                               *args, out=None, **kwargs):
     # Each gradient row is added into its weight row; scale_grad_by_freq divides it first.
     n = grad_output.numel()
-    return _add_f(grad_output) * n * (2 if scale_grad_by_freq else 1)
+    return add_factor(grad_output) * n * (2 if scale_grad_by_freq else 1)
 
 
 def _embedding_bag(op: OpOverload) -> Callable[..., int]:
@@ -49,7 +40,7 @@ def _embedding_bag(op: OpOverload) -> Callable[..., int]:
     def embedding_bag_flops(weight, indices, *args, out=None, **kwargs):
         # sum: one add per looked-up element (m D), plus m D multiplies with per-sample weights;
         # mean: the adds and one divide per bag element; max: one comparison per element.
-        f = _mul_f(weight)
+        f = mul_factor(weight)
         if not f:
             return 0
         full = (weight, indices) + args
@@ -74,7 +65,7 @@ def _embedding_bag_backward(op: OpOverload) -> Callable[..., int]:
     def embedding_bag_backward_flops(grad, *args, out=None, **kwargs):
         # sum: each index adds its bag's gradient row (m D), times its per-sample weight (m D);
         # mean: divided by the bag size first (m D); max: one row per bag (bags D).
-        f = _mul_f(grad)
+        f = mul_factor(grad)
         if not f:
             return 0
         full = (grad,) + args
@@ -90,7 +81,7 @@ def _embedding_bag_backward(op: OpOverload) -> Callable[..., int]:
 
 def _embedding_bag_psw_backward(grad, weight, indices, *args, out=None, **kwargs):
     # d loss / d w_i = <grad row of its bag, weight row>: D multiply-adds per index.
-    return _mul_f(grad) * 2 * indices.numel() * grad.shape[-1]
+    return mul_factor(grad) * 2 * indices.numel() * grad.shape[-1]
 
 
 def _index_add(op: OpOverload) -> Callable[..., int]:
@@ -99,7 +90,7 @@ def _index_add(op: OpOverload) -> Callable[..., int]:
     def index_add_flops(self, dim, index, source, *args, out=None, **kwargs):
         # One add per source element, one multiply more when alpha != 1.
         per_element = 1 if read_alpha((self, dim, index, source) + args, kwargs) == 1 else 2
-        return _add_f(self) * per_element * source.numel()
+        return add_factor(self) * per_element * source.numel()
 
     return index_add_flops
 
@@ -110,13 +101,13 @@ def _scatter(op: OpOverload) -> Callable[..., int]:
     reducing = "reduce" in op._overloadname
 
     def scatter_flops(self, dim, index, *args, out=None, **kwargs):
-        return _mul_f(self) * index.numel() if reducing else 0
+        return mul_factor(self) * index.numel() if reducing else 0
 
     return scatter_flops
 
 
 def _scatter_add(self, dim, index, src, *args, out=None, **kwargs):
-    return _add_f(self) * index.numel()
+    return add_factor(self) * index.numel()
 
 
 def _reduce_into(op: OpOverload, count_arg: str) -> Callable[..., int]:
@@ -130,7 +121,7 @@ def _reduce_into(op: OpOverload, count_arg: str) -> Callable[..., int]:
         flops = read_count(full, kwargs).numel()
         if read_reduce(full, kwargs) == "mean":
             flops += self.numel()
-        return _mul_f(self) * flops
+        return mul_factor(self) * flops
 
     return reduce_into_flops
 
@@ -145,13 +136,13 @@ def _accumulating(op: OpOverload, count_arg: str) -> Callable[..., int]:
         full = (self,) + args
         if not read_accumulate(full, kwargs):
             return 0
-        return _add_f(self) * read_count(full, kwargs).numel()
+        return add_factor(self) * read_count(full, kwargs).numel()
 
     return accumulate_flops
 
 
 def _masked_index_put_accumulate(self, mask, indices, values, *args, out=None, **kwargs):
-    return _add_f(self) * values.numel()
+    return add_factor(self) * values.numel()
 
 
 def _segment_reduce(op: OpOverload) -> Callable[..., int]:
@@ -162,7 +153,7 @@ def _segment_reduce(op: OpOverload) -> Callable[..., int]:
         flops = data.numel()
         if read_reduce((data,) + args, kwargs) == "mean":
             flops += result_tensor(out).numel()
-        return _mul_f(data) * flops
+        return mul_factor(data) * flops
 
     return segment_reduce_flops
 
@@ -175,7 +166,7 @@ def _segment_reduce_backward(op: OpOverload) -> Callable[..., int]:
         # max/min: compare with the result and share among ties (2n); prod: output / x * g (2n).
         reduce = read_reduce((grad, output, data) + args, kwargs)
         per_element = {"sum": 0, "mean": 1}.get(reduce, 2)
-        return _mul_f(data) * per_element * data.numel()
+        return mul_factor(data) * per_element * data.numel()
 
     return segment_reduce_backward_flops
 
@@ -183,40 +174,36 @@ def _segment_reduce_backward(op: OpOverload) -> Callable[..., int]:
 def _grad_accumulate(grad, *args, out=None, **kwargs):
     # Gradient of a copy whose sources overlap (fold, unfold, reflection/replication padding):
     # one add per gradient element.
-    return _add_f(grad) * grad.numel()
-
-
-def _const(formula: Callable[..., int]) -> Callable[[OpOverload], Callable[..., int]]:
-    return lambda op: formula
+    return add_factor(grad) * grad.numel()
 
 
 FAMILY: dict[str, Callable[[OpOverload], Any]] = {
-    "embedding_dense_backward": _const(_embedding_dense_backward),
+    "embedding_dense_backward": fixed(_embedding_dense_backward),
     "_embedding_bag": _embedding_bag,
     "_embedding_bag_forward_only": _embedding_bag,
     "_embedding_bag_backward": _embedding_bag_backward,
     "_embedding_bag_dense_backward": _embedding_bag_backward,
-    "_embedding_bag_per_sample_weights_backward": _const(_embedding_bag_psw_backward),
+    "_embedding_bag_per_sample_weights_backward": fixed(_embedding_bag_psw_backward),
     "index_add": _index_add,
     "scatter": _scatter,
-    "scatter_add": _const(_scatter_add),
+    "scatter_add": fixed(_scatter_add),
     "scatter_reduce": lambda op: _reduce_into(op, "index"),
     "index_reduce": lambda op: _reduce_into(op, "source"),
     "index_put": lambda op: _accumulating(op, "values"),
     "_index_put_impl": lambda op: _accumulating(op, "values"),
     "_unsafe_index_put": lambda op: _accumulating(op, "values"),
     "put": lambda op: _accumulating(op, "index"),
-    "_unsafe_masked_index_put_accumulate": _const(_masked_index_put_accumulate),
+    "_unsafe_masked_index_put_accumulate": fixed(_masked_index_put_accumulate),
     "segment_reduce": _segment_reduce,
     "_segment_reduce_backward": _segment_reduce_backward,
-    "col2im": _const(_grad_accumulate),
-    "unfold_backward": _const(_grad_accumulate),
-    "reflection_pad1d_backward": _const(_grad_accumulate),
-    "reflection_pad2d_backward": _const(_grad_accumulate),
-    "reflection_pad3d_backward": _const(_grad_accumulate),
-    "replication_pad1d_backward": _const(_grad_accumulate),
-    "replication_pad2d_backward": _const(_grad_accumulate),
-    "replication_pad3d_backward": _const(_grad_accumulate),
+    "col2im": fixed(_grad_accumulate),
+    "unfold_backward": fixed(_grad_accumulate),
+    "reflection_pad1d_backward": fixed(_grad_accumulate),
+    "reflection_pad2d_backward": fixed(_grad_accumulate),
+    "reflection_pad3d_backward": fixed(_grad_accumulate),
+    "replication_pad1d_backward": fixed(_grad_accumulate),
+    "replication_pad2d_backward": fixed(_grad_accumulate),
+    "replication_pad3d_backward": fixed(_grad_accumulate),
 }
 
 register_family(FAMILY)

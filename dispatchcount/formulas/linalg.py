@@ -25,19 +25,15 @@ import torch
 from torch._ops import OpOverload
 
 from dispatchcount.formulas._helpers import (
-    COMPLEX_MUL,
     Tensor,
     arg_reader,
-    dtype_factor,
+    fixed,
+    mul_factor,
     register_family,
 )
 from dispatchcount.registry import register_formula
 
 __all__ = ["lu_flops", "qr_flops", "orgqr_flops", "svd_flops"]
-
-
-def _f(*tensors: Tensor) -> int:
-    return dtype_factor(COMPLEX_MUL, *tensors)
 
 
 def _batch(t: Tensor, matrix_dims: int = 2) -> int:
@@ -87,7 +83,7 @@ def _rhs(a: Tensor, b: Tensor) -> int:
 
 def _square(cost: Callable[[int], int]) -> Callable[..., int]:
     def square_matrix_flops(a, *args, out=None, **kwargs):
-        return _f(a) * _batch(a) * cost(a.shape[-1])
+        return mul_factor(a) * _batch(a) * cost(a.shape[-1])
 
     return square_matrix_flops
 
@@ -108,20 +104,20 @@ def _eigh(op: OpOverload) -> Callable[..., int]:
     def eigh_flops(a, *args, out=None, **kwargs):
         n = a.shape[-1]
         cost = 9 * n**3 if read_v((a,) + args, kwargs) else 4 * n**3 // 3
-        return _f(a) * _batch(a) * cost
+        return mul_factor(a) * _batch(a) * cost
 
     return eigh_flops
 
 
 def _lu_factor(a, *args, out=None, **kwargs):
     m, n = _mn(a)
-    return _f(a) * _batch(a) * lu_flops(m, n)
+    return mul_factor(a) * _batch(a) * lu_flops(m, n)
 
 
 def _solve_with_factor(factor, b, *args, out=None, **kwargs):
     # Forward and back substitution with a factor of n x n: 2 n^2 per right-hand side.
     n = factor.shape[-1]
-    return _f(factor, b) * _batch(factor) * 2 * n * n * _rhs(factor, b)
+    return mul_factor(factor, b) * _batch(factor) * 2 * n * n * _rhs(factor, b)
 
 
 def _lu_solve(lu, pivots, b, *args, out=None, **kwargs):
@@ -135,12 +131,12 @@ def _cholesky_solve(b, factor, *args, out=None, **kwargs):
 def _solve(a, b, *args, out=None, **kwargs):
     # LU of A, then 2 n^2 per right-hand side.
     n = a.shape[-1]
-    return _f(a, b) * _batch(a) * (lu_flops(n, n) + 2 * n * n * _rhs(a, b))
+    return mul_factor(a, b) * _batch(a) * (lu_flops(n, n) + 2 * n * n * _rhs(a, b))
 
 
 def _triangular(a: Tensor, b: Tensor) -> int:
     n = a.shape[-1]
-    return _f(a, b) * _batch(a) * n * n * _rhs(a, b)
+    return mul_factor(a, b) * _batch(a) * n * n * _rhs(a, b)
 
 
 def _solve_triangular(a, b, *args, out=None, **kwargs):
@@ -163,19 +159,19 @@ def _qr(op: OpOverload) -> Callable[..., int]:
             cost += orgqr_flops(m, k, k)
         elif mode == "complete":
             cost += orgqr_flops(m, m, k)
-        return _f(a) * _batch(a) * cost
+        return mul_factor(a) * _batch(a) * cost
 
     return qr_flops_
 
 
 def _geqrf(a, *args, out=None, **kwargs):
     m, n = _mn(a)
-    return _f(a) * _batch(a) * qr_flops(m, n)
+    return mul_factor(a) * _batch(a) * qr_flops(m, n)
 
 
 def _householder_product(a, tau, *args, out=None, **kwargs):
     m, n = _mn(a)
-    return _f(a) * _batch(a) * orgqr_flops(m, n, tau.shape[-1])
+    return mul_factor(a) * _batch(a) * orgqr_flops(m, n, tau.shape[-1])
 
 
 def _ormqr(op: OpOverload) -> Callable[..., int]:
@@ -187,7 +183,7 @@ def _ormqr(op: OpOverload) -> Callable[..., int]:
         k = tau.shape[-1]
         left = read_left((a, tau, c) + args, kwargs)
         cost = 4 * p * q * k - 2 * (q if left else p) * k * k
-        return _f(c) * _batch(c) * max(0, cost)
+        return mul_factor(c) * _batch(c) * max(0, cost)
 
     return ormqr_flops
 
@@ -199,7 +195,7 @@ def _svd(op: OpOverload) -> Callable[..., int]:
         m, n = _mn(a)
         full = (a,) + args
         cost = svd_flops(m, n, read_uv(full, kwargs), read_full(full, kwargs))
-        return _f(a) * _batch(a) * cost
+        return mul_factor(a) * _batch(a) * cost
 
     return svd_flops_
 
@@ -216,7 +212,7 @@ def _pinv(op: OpOverload) -> Callable[..., int]:
             cost = 9 * n**3
         else:
             cost = svd_flops(m, n, True, False)
-        return _f(a) * _batch(a) * (cost + k + 2 * m * n * k)
+        return mul_factor(a) * _batch(a) * (cost + k + 2 * m * n * k)
 
     return pinv_flops
 
@@ -228,7 +224,7 @@ def _lstsq(a, b, *args, out=None, **kwargs):
     big, k = max(m, n), min(m, n)
     r = b.shape[-1] if b.dim() == a.dim() else 1
     cost = qr_flops(m, n) + max(0, 4 * big * r * k - 2 * r * k * k) + k * k * r
-    return _f(a, b) * _batch(a) * cost
+    return mul_factor(a, b) * _batch(a) * cost
 
 
 def _matrix_exp(a, *args, out=None, **kwargs):
@@ -236,19 +232,19 @@ def _matrix_exp(a, *args, out=None, **kwargs):
     # at most 6 matrix products (2 n^3 each); the squarings depend on the norm (data) and are
     # not charged.
     n = a.shape[-1]
-    return _f(a) * _batch(a) * 6 * 2 * n**3
+    return mul_factor(a) * _batch(a) * 6 * 2 * n**3
 
 
 def _cross(self, other, *args, out=None, **kwargs):
     # Each of the 3 components: two products and a difference: 3 FLOPs per result element.
-    return _f(self, other) * 3 * out.numel()
+    return mul_factor(self, other) * 3 * out.numel()
 
 
 def _linear_combination(input, coefficients, *args, out=None, **kwargs):
     # out[i] = sum_j c[i, j] input[j]: one multiply-add per coefficient and element.
     m, k = coefficients.shape[-2], coefficients.shape[-1]
     per_term = input.numel() // k if k else 0
-    return _f(input, coefficients) * 2 * m * k * per_term
+    return mul_factor(input, coefficients) * 2 * m * k * per_term
 
 
 def _use_mm(p: float, rows1: int, rows2: int, compute_mode: Any) -> bool:
@@ -270,7 +266,7 @@ def _cdist(x1, x2, p=2.0, compute_mode=None, *args, out=None, **kwargs):
         cost = 2 * p_rows * r_rows * m + 2 * (p_rows + r_rows) * m + 4 * p_rows * r_rows
     else:
         cost = p_rows * r_rows * (3 * m + 1)
-    return _f(x1, x2) * batch * cost
+    return mul_factor(x1, x2) * batch * cost
 
 
 def _euclidean_dist(x1, x2, *args, out=None, **kwargs):
@@ -283,19 +279,19 @@ def _cdist_backward(grad, x1, x2, p, cdist, *args, out=None, **kwargs):
     p_rows, m = x1.shape[-2], x1.shape[-1]
     r_rows = x2.shape[-2]
     per = 4 if p == 2 else 3 if p == 1 else 6
-    return _f(x1, x2) * _batch(x1) * p_rows * r_rows * m * per
+    return mul_factor(x1, x2) * _batch(x1) * p_rows * r_rows * m * per
 
 
 def _pdist(self, p=2.0, *args, out=None, **kwargs):
     # N (N - 1) / 2 pairs, each like cdist's direct path: 3 M + 1.
     n, m = self.shape[-2], self.shape[-1]
-    return _f(self) * (n * (n - 1) // 2) * (3 * m + 1)
+    return mul_factor(self) * (n * (n - 1) // 2) * (3 * m + 1)
 
 
 def _pdist_backward(grad, self, p, pdist, *args, out=None, **kwargs):
     # Per pair and coordinate: difference, scaling, accumulation into both rows: 5.
     n, m = self.shape[-2], self.shape[-1]
-    return _f(self) * (n * (n - 1) // 2) * m * 5
+    return mul_factor(self) * (n * (n - 1) // 2) * m * 5
 
 
 def _trilinear(i1, i2, i3, expand1, expand2, expand3, sumdim, *args, out=None, **kwargs):
@@ -310,16 +306,16 @@ def _trilinear(i1, i2, i3, expand1, expand2, expand3, sumdim, *args, out=None, *
     space = 1
     for sizes in zip(*shapes):
         space *= max(sizes)
-    return _f(i1, i2, i3) * 2 * space
+    return mul_factor(i1, i2, i3) * 2 * space
 
 
 def _svdvals(a, *args, out=None, **kwargs):
     m, n = _mn(a)
-    return _f(a) * _batch(a) * svd_flops(m, n, False, False)
+    return mul_factor(a) * _batch(a) * svd_flops(m, n, False, False)
 
 
 def _eigvalsh(a, *args, out=None, **kwargs):
-    return _f(a) * _batch(a) * (4 * a.shape[-1] ** 3 // 3)
+    return mul_factor(a) * _batch(a) * (4 * a.shape[-1] ** 3 // 3)
 
 
 def _matrix_norm_flops(p: Any, n: int) -> int:
@@ -339,50 +335,46 @@ def _cond(a, p=None, *args, out=None, **kwargs):
         cost = svd_flops(n, n, False, False) + 1
     else:
         cost = 2 * n**3 + 2 * _matrix_norm_flops(p, n) + 1
-    return _f(a) * _batch(a) * cost
-
-
-def _const(formula: Callable[..., int]) -> Callable[[OpOverload], Callable[..., int]]:
-    return lambda op: formula
+    return mul_factor(a) * _batch(a) * cost
 
 
 FAMILY: dict[str, Callable[[OpOverload], Any]] = {
-    "cholesky": _const(_cholesky),
-    "linalg_cholesky_ex": _const(_cholesky),
-    "cholesky_inverse": _const(_cholesky_inverse),
-    "cholesky_solve": _const(_cholesky_solve),
-    "_cholesky_solve_helper": _const(_cholesky_solve),
-    "linalg_lu_factor_ex": _const(_lu_factor),
-    "linalg_lu": _const(_lu_factor),
-    "linalg_lu_solve": _const(_lu_solve),
-    "linalg_ldl_factor_ex": _const(_ldl),
-    "linalg_ldl_solve": _const(_lu_solve),
-    "_linalg_solve_ex": _const(_solve),
-    "linalg_inv_ex": _const(_inverse),
-    "_linalg_det": _const(_det),
-    "_linalg_slogdet": _const(_slogdet),
-    "linalg_solve_triangular": _const(_solve_triangular),
-    "triangular_solve": _const(_triangular_solve),
+    "cholesky": fixed(_cholesky),
+    "linalg_cholesky_ex": fixed(_cholesky),
+    "cholesky_inverse": fixed(_cholesky_inverse),
+    "cholesky_solve": fixed(_cholesky_solve),
+    "_cholesky_solve_helper": fixed(_cholesky_solve),
+    "linalg_lu_factor_ex": fixed(_lu_factor),
+    "linalg_lu": fixed(_lu_factor),
+    "linalg_lu_solve": fixed(_lu_solve),
+    "linalg_ldl_factor_ex": fixed(_ldl),
+    "linalg_ldl_solve": fixed(_lu_solve),
+    "_linalg_solve_ex": fixed(_solve),
+    "linalg_inv_ex": fixed(_inverse),
+    "_linalg_det": fixed(_det),
+    "_linalg_slogdet": fixed(_slogdet),
+    "linalg_solve_triangular": fixed(_solve_triangular),
+    "triangular_solve": fixed(_triangular_solve),
     "linalg_qr": _qr,
-    "geqrf": _const(_geqrf),
-    "linalg_householder_product": _const(_householder_product),
+    "geqrf": fixed(_geqrf),
+    "linalg_householder_product": fixed(_householder_product),
     "ormqr": _ormqr,
     "_linalg_eigh": _eigh,
-    "linalg_eig": _const(_eig),
-    "linalg_eigvals": _const(_eigvals),
-    "_linalg_eigvals": _const(_eigvals),
+    "linalg_eig": fixed(_eig),
+    "linalg_eigvals": fixed(_eigvals),
+    "_linalg_eigvals": fixed(_eigvals),
     "_linalg_svd": _svd,
     "linalg_pinv": _pinv,
-    "linalg_lstsq": _const(_lstsq),
-    "linalg_matrix_exp": _const(_matrix_exp),
-    "linalg_cross": _const(_cross),
-    "_compute_linear_combination": _const(_linear_combination),
-    "_cdist_forward": _const(_cdist),
-    "_euclidean_dist": _const(_euclidean_dist),
-    "_cdist_backward": _const(_cdist_backward),
-    "_pdist_forward": _const(_pdist),
-    "_pdist_backward": _const(_pdist_backward),
-    "_trilinear": _const(_trilinear),
+    "linalg_lstsq": fixed(_lstsq),
+    "linalg_matrix_exp": fixed(_matrix_exp),
+    "linalg_cross": fixed(_cross),
+    "_compute_linear_combination": fixed(_linear_combination),
+    "_cdist_forward": fixed(_cdist),
+    "_euclidean_dist": fixed(_euclidean_dist),
+    "_cdist_backward": fixed(_cdist_backward),
+    "_pdist_forward": fixed(_pdist),
+    "_pdist_backward": fixed(_pdist_backward),
+    "_trilinear": fixed(_trilinear),
 }
 
 register_family(FAMILY)

@@ -13,7 +13,7 @@ from typing import Any, Callable
 
 from torch._ops import OpOverload
 
-from dispatchcount.formulas._helpers import COMPLEX_MUL, Tensor, dtype_factor, register_family
+from dispatchcount.formulas._helpers import Tensor, fixed, mul_factor, register_family
 
 __all__ = ["reduction_cost", "LOSS_FLOPS", "LOSS_BACKWARD_FLOPS"]
 
@@ -44,14 +44,10 @@ LOSS_BACKWARD_FLOPS = {
 }
 
 
-def _f(t: Tensor) -> int:
-    return dtype_factor(COMPLEX_MUL, t)
-
-
 def _elementwise_loss(per_element: int) -> Callable[..., int]:
     def loss_flops(self, target, reduction=MEAN, *args, out=None, **kwargs):
         n = max(self.numel(), target.numel())
-        return _f(self) * (per_element * n + reduction_cost(n, reduction))
+        return mul_factor(self) * (per_element * n + reduction_cost(n, reduction))
 
     return loss_flops
 
@@ -59,7 +55,7 @@ def _elementwise_loss(per_element: int) -> Callable[..., int]:
 def _elementwise_loss_backward(per_element: int) -> Callable[..., int]:
     def loss_backward_flops(grad_output, self, target, reduction=MEAN, *args, out=None, **kwargs):
         n = max(self.numel(), target.numel())
-        return _f(self) * (per_element + (reduction == MEAN)) * n
+        return mul_factor(self) * (per_element + (reduction == MEAN)) * n
 
     return loss_backward_flops
 
@@ -68,13 +64,13 @@ def _bce(self, target, weight=None, reduction=MEAN, *args, out=None, **kwargs):
     # -(y log x + (1 - y) log(1 - x)), logs clamped at -100: 2 logs, 2 clamps, 2 complements,
     # 2 multiplies, add, negate = 10; weight: +1.
     n = self.numel()
-    return _f(self) * ((10 + (weight is not None)) * n + reduction_cost(n, reduction))
+    return mul_factor(self) * ((10 + (weight is not None)) * n + reduction_cost(n, reduction))
 
 
 def _bce_backward(grad_output, self, target, weight=None, reduction=MEAN, *args, out=None, **kwargs):
     # g (x - y) / max(x (1 - x), eps): 2 subtractions, multiply, max, divide, times g = 6.
     n = self.numel()
-    return _f(self) * (6 + (weight is not None) + (reduction == MEAN)) * n
+    return mul_factor(self) * (6 + (weight is not None) + (reduction == MEAN)) * n
 
 
 def _bce_with_logits(self, target, weight=None, pos_weight=None, reduction=MEAN, *args, out=None, **kwargs):
@@ -82,7 +78,7 @@ def _bce_with_logits(self, target, weight=None, pos_weight=None, reduction=MEAN,
     # pos_weight: lw = 1 + (pw - 1) y scales log_sigmoid (+4); weight (+1).
     n = max(self.numel(), target.numel())
     per_element = 8 + 4 * (pos_weight is not None) + (weight is not None)
-    return _f(self) * (per_element * n + reduction_cost(n, reduction))
+    return mul_factor(self) * (per_element * n + reduction_cost(n, reduction))
 
 
 def _nll_loss(self, target, weight=None, reduction=MEAN, *args, out=None, **kwargs):
@@ -94,13 +90,13 @@ def _nll_loss(self, target, weight=None, reduction=MEAN, *args, out=None, **kwar
         flops += 2 * n + 1
     elif reduction == SUM:
         flops += n
-    return _f(self) * flops
+    return mul_factor(self) * flops
 
 
 def _nll_loss_backward(grad_output, self, target, weight=None, reduction=MEAN, *args, out=None, **kwargs):
     # Per target: -g (1), times its weight, divided by the total weight for mean.
     n = target.numel()
-    return _f(self) * (1 + (weight is not None) + (reduction == MEAN)) * n
+    return mul_factor(self) * (1 + (weight is not None) + (reduction == MEAN)) * n
 
 
 def _multi_margin(self, target, p=1, margin=1, weight=None, reduction=MEAN, *args, out=None, **kwargs):
@@ -109,7 +105,7 @@ def _multi_margin(self, target, p=1, margin=1, weight=None, reduction=MEAN, *arg
     n = self.numel()
     samples = self.shape[0] if self.dim() == 2 else 1
     per_element = 4 + (p == 2) + (weight is not None)
-    return _f(self) * (per_element * n + samples + reduction_cost(samples, reduction))
+    return mul_factor(self) * (per_element * n + samples + reduction_cost(samples, reduction))
 
 
 def _multi_margin_backward(grad_output, self, target, p=1, margin=1, weight=None, reduction=MEAN,
@@ -117,7 +113,7 @@ def _multi_margin_backward(grad_output, self, target, p=1, margin=1, weight=None
     # Per (sample, class): compare, g / C, weight, accumulate into the target column (4);
     # p=2: 2z (+1).
     n = self.numel()
-    return _f(self) * (4 + (p == 2) + (weight is not None)) * n
+    return mul_factor(self) * (4 + (p == 2) + (weight is not None)) * n
 
 
 def _multilabel_margin(self, target, reduction=MEAN, *args, out=None, **kwargs):
@@ -125,11 +121,11 @@ def _multilabel_margin(self, target, reduction=MEAN, *args, out=None, **kwargs):
     # valid targets is data; a shape-only formula charges one per sample. Per sample: / C.
     n = self.numel()
     samples = self.shape[0] if self.dim() == 2 else 1
-    return _f(self) * (4 * n + samples + reduction_cost(samples, reduction))
+    return mul_factor(self) * (4 * n + samples + reduction_cost(samples, reduction))
 
 
 def _multilabel_margin_backward(grad_output, self, target, reduction=MEAN, *args, out=None, **kwargs):
-    return _f(self) * 4 * self.numel()
+    return mul_factor(self) * 4 * self.numel()
 
 
 # CTC: a lattice of T x N x (2S + 1) cells (S the padded target length). Each alpha (or beta)
@@ -156,44 +152,40 @@ def _ctc_backward_cost(log_probs: Tensor, targets: Tensor) -> int:
 
 
 def _ctc_loss(log_probs, targets, *args, out=None, **kwargs):
-    return _f(log_probs) * _ctc_forward_cost(log_probs, targets)
+    return mul_factor(log_probs) * _ctc_forward_cost(log_probs, targets)
 
 
 def _ctc_loss_backward(grad, log_probs, targets, *args, out=None, **kwargs):
-    return _f(log_probs) * _ctc_backward_cost(log_probs, targets)
+    return mul_factor(log_probs) * _ctc_backward_cost(log_probs, targets)
 
 
 def _ctc_loss_with_grad(log_probs, targets, *args, out=None, **kwargs):
     # cuDNN / MIOpen compute the loss and its gradient in one call.
-    return _f(log_probs) * (_ctc_forward_cost(log_probs, targets) + _ctc_backward_cost(log_probs, targets))
-
-
-def _const(formula: Callable[..., int]) -> Callable[[OpOverload], Callable[..., int]]:
-    return lambda op: formula
+    return mul_factor(log_probs) * (_ctc_forward_cost(log_probs, targets) + _ctc_backward_cost(log_probs, targets))
 
 
 def _make_family() -> dict[str, Callable[[OpOverload], Any]]:
     family: dict[str, Callable[[OpOverload], Any]] = {}
     for name, per_element in LOSS_FLOPS.items():
-        family[name] = _const(_elementwise_loss(per_element))
+        family[name] = fixed(_elementwise_loss(per_element))
     for name, per_element in LOSS_BACKWARD_FLOPS.items():
-        family[name] = _const(_elementwise_loss_backward(per_element))
+        family[name] = fixed(_elementwise_loss_backward(per_element))
     family.update(
-        binary_cross_entropy=_const(_bce),
-        binary_cross_entropy_backward=_const(_bce_backward),
-        binary_cross_entropy_with_logits=_const(_bce_with_logits),
-        nll_loss_forward=_const(_nll_loss),
-        nll_loss2d_forward=_const(_nll_loss),
-        nll_loss_backward=_const(_nll_loss_backward),
-        nll_loss2d_backward=_const(_nll_loss_backward),
-        multi_margin_loss=_const(_multi_margin),
-        multi_margin_loss_backward=_const(_multi_margin_backward),
-        multilabel_margin_loss_forward=_const(_multilabel_margin),
-        multilabel_margin_loss_backward=_const(_multilabel_margin_backward),
-        _ctc_loss=_const(_ctc_loss),
-        _ctc_loss_backward=_const(_ctc_loss_backward),
-        _cudnn_ctc_loss=_const(_ctc_loss_with_grad),
-        miopen_ctc_loss=_const(_ctc_loss_with_grad),
+        binary_cross_entropy=fixed(_bce),
+        binary_cross_entropy_backward=fixed(_bce_backward),
+        binary_cross_entropy_with_logits=fixed(_bce_with_logits),
+        nll_loss_forward=fixed(_nll_loss),
+        nll_loss2d_forward=fixed(_nll_loss),
+        nll_loss_backward=fixed(_nll_loss_backward),
+        nll_loss2d_backward=fixed(_nll_loss_backward),
+        multi_margin_loss=fixed(_multi_margin),
+        multi_margin_loss_backward=fixed(_multi_margin_backward),
+        multilabel_margin_loss_forward=fixed(_multilabel_margin),
+        multilabel_margin_loss_backward=fixed(_multilabel_margin_backward),
+        _ctc_loss=fixed(_ctc_loss),
+        _ctc_loss_backward=fixed(_ctc_loss_backward),
+        _cudnn_ctc_loss=fixed(_ctc_loss_with_grad),
+        miopen_ctc_loss=fixed(_ctc_loss_with_grad),
     )
     return family
 

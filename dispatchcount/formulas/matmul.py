@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from dispatchcount.formulas._common import macs_to_flops
+from dispatchcount.formulas._helpers import macs_to_flops
 from dispatchcount.registry import register_formula
 
 aten = torch.ops.aten

@@ -23,10 +23,10 @@ import torch
 from torch._ops import OpOverload
 
 from dispatchcount.formulas._helpers import (
-    COMPLEX_MUL,
     Tensor,
     arg_reader,
-    dtype_factor,
+    fixed,
+    mul_factor,
     register_family,
 )
 from dispatchcount.formulas.reduction import norm_cost
@@ -77,42 +77,38 @@ def _mask3(mask: Any) -> tuple[bool, bool, bool]:
     return bool(mask[0]), bool(mask[1]), bool(mask[2]) if len(mask) > 2 else False
 
 
-def _counted(x: Tensor) -> int:
-    return dtype_factor(COMPLEX_MUL, x)
-
-
 def _native_batch_norm(input, weight, bias, running_mean, running_var, training, *args, out=None, **kwargs):
-    f = _counted(input)
+    f = mul_factor(input)
     return f and f * batch_norm_forward_cost(input, weight, bias, training, running_mean is not None)
 
 
 def _bn_legit(op: OpOverload) -> Callable[..., int]:
     if op._overloadname.startswith("no_stats"):
         def no_stats(input, weight, bias, training, *args, out=None, **kwargs):
-            f = _counted(input)
+            f = mul_factor(input)
             return f and f * batch_norm_forward_cost(input, weight, bias, training, False)
         return no_stats
     return _native_batch_norm
 
 
 def _bn_legit_no_training(input, weight, bias, *args, out=None, **kwargs):
-    f = _counted(input)
+    f = mul_factor(input)
     return f and f * batch_norm_forward_cost(input, weight, bias, False, False)
 
 
 def _bn_with_update(input, weight, bias, *args, out=None, **kwargs):
-    f = _counted(input)
+    f = mul_factor(input)
     return f and f * batch_norm_forward_cost(input, weight, bias, True, True)
 
 
 def _bn_no_update(input, weight, bias, running_mean, *args, out=None, **kwargs):
     # Without running statistics the batch's own are computed; with them, eval mode.
-    f = _counted(input)
+    f = mul_factor(input)
     return f and f * batch_norm_forward_cost(input, weight, bias, running_mean is None, False)
 
 
 def _accelerator_bn(input, weight, bias, running_mean, running_var, training, *args, out=None, **kwargs):
-    f = _counted(input)
+    f = mul_factor(input)
     return f and f * batch_norm_forward_cost(input, weight, bias, training, running_mean is not None)
 
 
@@ -128,32 +124,32 @@ def _bn_backward_cost(grad_out: Tensor, input: Tensor, weight: Any, train: bool,
 
 def _native_bn_backward(grad_out, input, weight, running_mean, running_var, save_mean, save_invstd,
                         train, eps, output_mask=None, *args, out=None, **kwargs):
-    f = _counted(input)
+    f = mul_factor(input)
     return f and f * _bn_backward_cost(grad_out, input, weight, train, output_mask)
 
 
 def _bn_backward(grad_out, input, weight, running_mean, running_var, save_mean, save_var,
                  update, eps, output_mask=None, *args, out=None, **kwargs):
     # batch_norm_backward: saved batch statistics are present when the forward trained.
-    f = _counted(input)
+    f = mul_factor(input)
     return f and f * _bn_backward_cost(grad_out, input, weight, save_mean is not None, output_mask)
 
 
 def _accelerator_bn_backward(input, grad_output, weight, *args, out=None, **kwargs):
     # cudnn/miopen backward runs only after a training forward, all three gradients.
-    f = _counted(input)
+    f = mul_factor(input)
     return f and f * _bn_backward_cost(grad_output, input, weight, True, None)
 
 
 def _bn_stats(input, *args, out=None, **kwargs):
     # Per-channel mean and invstd of the batch: the statistics part (4n + 4C).
-    f = _counted(input)
+    f = mul_factor(input)
     channels = input.shape[1] if input.dim() > 1 else 1
     return f and f * (4 * input.numel() + 4 * channels)
 
 
 def _bn_elemt(input, weight, bias, *args, out=None, **kwargs):
-    f = _counted(input)
+    f = mul_factor(input)
     n = input.numel()
     return f and f * (2 * n + (weight is not None) * n + (bias is not None) * n)
 
@@ -161,27 +157,27 @@ def _bn_elemt(input, weight, bias, *args, out=None, **kwargs):
 def _bn_gather_stats(input, mean, invstd, running_mean, *args, out=None, **kwargs):
     # Combine per-device (count, mean, invstd) into global ones: ~8 per device and channel,
     # then the running-stat update (7C) when running stats are given.
-    f = _counted(input)
+    f = mul_factor(input)
     channels = mean.shape[-1]
     return f and f * (8 * mean.numel() + (7 * channels if running_mean is not None else 0))
 
 
 def _bn_update_stats(input, running_mean, running_var, *args, out=None, **kwargs):
     # Batch mean and variance (4n + 2C, no rsqrt), then the running-stat update (7C).
-    f = _counted(input)
+    f = mul_factor(input)
     channels = input.shape[1] if input.dim() > 1 else 1
     return f and f * (4 * input.numel() + 2 * channels + 7 * channels)
 
 
 def _bn_backward_reduce(grad_out, input, mean, invstd, *args, out=None, **kwargs):
     # sum(g) (n) and sum(g (x - mean)) (3n); grad_weight = the latter * invstd (C).
-    f = _counted(input)
+    f = mul_factor(input)
     return f and f * (4 * input.numel() + mean.numel())
 
 
 def _bn_backward_elemt(grad_out, input, mean, *args, out=None, **kwargs):
     # (g - mean_dy - (x - mean) invstd^2 mean_dy_xmu) * invstd * w: 6 per element, ~5 per channel.
-    f = _counted(input)
+    f = mul_factor(input)
     return f and f * (6 * input.numel() + 5 * mean.numel())
 
 
@@ -193,7 +189,7 @@ def _groups_of(x: Tensor, normalized_shape: Any) -> int:
 
 
 def _layer_norm(input, normalized_shape, weight=None, bias=None, *args, out=None, **kwargs):
-    f = _counted(input)
+    f = mul_factor(input)
     n = input.numel()
     return f and f * normalize_forward_cost(
         n, _groups_of(input, normalized_shape), weight is not None, bias is not None
@@ -202,13 +198,13 @@ def _layer_norm(input, normalized_shape, weight=None, bias=None, *args, out=None
 
 def _layer_norm_backward(grad_out, input, normalized_shape, mean, rstd, weight=None, bias=None,
                          output_mask=None, *args, out=None, **kwargs):
-    f = _counted(input)
+    f = mul_factor(input)
     groups = _groups_of(input, normalized_shape)
     return f and f * normalize_backward_cost(input.numel(), groups, weight is not None, output_mask)
 
 
 def _group_norm(input, weight, bias, N, C, HxW, group, *args, out=None, **kwargs):
-    f = _counted(input)
+    f = mul_factor(input)
     return f and f * normalize_forward_cost(
         input.numel(), N * group, weight is not None, bias is not None
     )
@@ -216,13 +212,13 @@ def _group_norm(input, weight, bias, N, C, HxW, group, *args, out=None, **kwargs
 
 def _group_norm_backward(grad_out, input, mean, rstd, weight, N, C, HxW, group, output_mask=None,
                          *args, out=None, **kwargs):
-    f = _counted(input)
+    f = mul_factor(input)
     return f and f * normalize_backward_cost(input.numel(), N * group, weight is not None, output_mask)
 
 
 def _rms_norm(input, normalized_shape, weight=None, *args, out=None, **kwargs):
     # mean of squares (2n + G), rsqrt(ms + eps) (2G), x * rstd (n), weight (n).
-    f = _counted(input)
+    f = mul_factor(input)
     n, groups = input.numel(), _groups_of(input, normalized_shape)
     return f and f * (3 * n + 3 * groups + (weight is not None) * n)
 
@@ -231,7 +227,7 @@ def _rms_norm_backward(grad_out, input, normalized_shape, rstd, weight=None, out
                        *args, out=None, **kwargs):
     # x̂ = x * rstd (n); grad_input = rstd (ĝ - x̂ mean(ĝ x̂)): ĝ (n if weight), ĝ x̂ and its sum
     # (2n), one mean per row, x̂ * mean, subtract, scale (3n); grad_weight = sum(g x̂) (2n).
-    f = _counted(input)
+    f = mul_factor(input)
     n, groups = input.numel(), _groups_of(input, normalized_shape)
     want_input = output_mask is None or output_mask[0]
     want_weight = output_mask is None or output_mask[1]
@@ -245,13 +241,13 @@ def _rms_norm_backward(grad_out, input, normalized_shape, rstd, weight=None, out
 
 def _weight_norm(v, g, *args, out=None, **kwargs):
     # ||v|| over all dims but ``dim`` (2n + K, K = g.numel()), then v * (g / ||v||) (n + K).
-    f = _counted(v)
+    f = mul_factor(v)
     return f and f * (3 * v.numel() + 2 * g.numel())
 
 
 def _weight_norm_backward(grad_w, saved_v, saved_g, saved_norms, *args, out=None, **kwargs):
     # grad_g = sum(grad_w v) / ||v|| (2n + K); grad_v = (g/||v||)(grad_w - v grad_g/||v||): 3n + 3K.
-    f = _counted(saved_v)
+    f = mul_factor(saved_v)
     k = saved_g.numel()
     return f and f * (5 * saved_v.numel() + 4 * k)
 
@@ -262,7 +258,7 @@ def _renorm(op: OpOverload) -> Callable[..., int]:
     def renorm_flops(self, *args, out=None, **kwargs):
         # Norm of each slice along ``dim`` (K slices), compare with maxnorm and form the scale
         # (2K), rescale every element (n).
-        f = _counted(self)
+        f = mul_factor(self)
         if not f:
             return 0
         full = (self,) + args
@@ -276,7 +272,7 @@ def _renorm(op: OpOverload) -> Callable[..., int]:
 def _embedding_renorm(self, indices, max_norm, norm_type, *args, out=None, **kwargs):
     # Each looked-up row (upper bound: one per index; duplicates are data) is normed, compared
     # and rescaled: norm_cost + D + 2 per row.
-    f = _counted(self)
+    f = mul_factor(self)
     if not f:
         return 0
     rows = indices.numel()
@@ -284,40 +280,36 @@ def _embedding_renorm(self, indices, max_norm, norm_type, *args, out=None, **kwa
     return f * (norm_cost(norm_type, rows * d, rows) + rows * d + 2 * rows)
 
 
-def _const(formula: Callable[..., int]) -> Callable[[OpOverload], Callable[..., int]]:
-    return lambda op: formula
-
-
 FAMILY: dict[str, Callable[[OpOverload], Any]] = {
-    "native_batch_norm": _const(_native_batch_norm),
+    "native_batch_norm": fixed(_native_batch_norm),
     "_native_batch_norm_legit": _bn_legit,
-    "_native_batch_norm_legit_functional": _const(_native_batch_norm),
-    "_native_batch_norm_legit_no_training": _const(_bn_legit_no_training),
-    "_batch_norm_with_update": _const(_bn_with_update),
-    "_batch_norm_with_update_functional": _const(_bn_with_update),
-    "_batch_norm_no_update": _const(_bn_no_update),
-    "cudnn_batch_norm": _const(_accelerator_bn),
-    "miopen_batch_norm": _const(_accelerator_bn),
-    "native_batch_norm_backward": _const(_native_bn_backward),
-    "batch_norm_backward": _const(_bn_backward),
-    "cudnn_batch_norm_backward": _const(_accelerator_bn_backward),
-    "miopen_batch_norm_backward": _const(_accelerator_bn_backward),
-    "batch_norm_stats": _const(_bn_stats),
-    "batch_norm_elemt": _const(_bn_elemt),
-    "batch_norm_gather_stats": _const(_bn_gather_stats),
-    "batch_norm_gather_stats_with_counts": _const(_bn_gather_stats),
-    "batch_norm_update_stats": _const(_bn_update_stats),
-    "batch_norm_backward_reduce": _const(_bn_backward_reduce),
-    "batch_norm_backward_elemt": _const(_bn_backward_elemt),
-    "native_layer_norm": _const(_layer_norm),
-    "native_layer_norm_backward": _const(_layer_norm_backward),
-    "native_group_norm": _const(_group_norm),
-    "native_group_norm_backward": _const(_group_norm_backward),
-    "_fused_rms_norm_backward": _const(_rms_norm_backward),
-    "_weight_norm_interface": _const(_weight_norm),
-    "_weight_norm_interface_backward": _const(_weight_norm_backward),
+    "_native_batch_norm_legit_functional": fixed(_native_batch_norm),
+    "_native_batch_norm_legit_no_training": fixed(_bn_legit_no_training),
+    "_batch_norm_with_update": fixed(_bn_with_update),
+    "_batch_norm_with_update_functional": fixed(_bn_with_update),
+    "_batch_norm_no_update": fixed(_bn_no_update),
+    "cudnn_batch_norm": fixed(_accelerator_bn),
+    "miopen_batch_norm": fixed(_accelerator_bn),
+    "native_batch_norm_backward": fixed(_native_bn_backward),
+    "batch_norm_backward": fixed(_bn_backward),
+    "cudnn_batch_norm_backward": fixed(_accelerator_bn_backward),
+    "miopen_batch_norm_backward": fixed(_accelerator_bn_backward),
+    "batch_norm_stats": fixed(_bn_stats),
+    "batch_norm_elemt": fixed(_bn_elemt),
+    "batch_norm_gather_stats": fixed(_bn_gather_stats),
+    "batch_norm_gather_stats_with_counts": fixed(_bn_gather_stats),
+    "batch_norm_update_stats": fixed(_bn_update_stats),
+    "batch_norm_backward_reduce": fixed(_bn_backward_reduce),
+    "batch_norm_backward_elemt": fixed(_bn_backward_elemt),
+    "native_layer_norm": fixed(_layer_norm),
+    "native_layer_norm_backward": fixed(_layer_norm_backward),
+    "native_group_norm": fixed(_group_norm),
+    "native_group_norm_backward": fixed(_group_norm_backward),
+    "_fused_rms_norm_backward": fixed(_rms_norm_backward),
+    "_weight_norm_interface": fixed(_weight_norm),
+    "_weight_norm_interface_backward": fixed(_weight_norm_backward),
     "renorm": _renorm,
-    "embedding_renorm": _const(_embedding_renorm),
+    "embedding_renorm": fixed(_embedding_renorm),
 }
 
 register_family(FAMILY)

@@ -25,10 +25,15 @@ from dispatchcount.formulas._helpers import (
     COMPLEX_MUL,
     dtype_factor,
     first_tensor_list,
+    fixed,
     register_family,
     without_out_arguments,
 )
-from dispatchcount.formulas.pointwise import COMPLEX_ADDITIVE, POINTWISE_FLOPS, extra_term
+from dispatchcount.formulas.pointwise import (
+    COMPLEX_ADDITIVE,
+    POINTWISE_FLOPS,
+    extra_term,
+)
 from dispatchcount.formulas.reduction import norm_cost
 from dispatchcount.registry import register_resolver
 
@@ -139,17 +144,13 @@ def _amp_update_scale(self, *args, out=None, **kwargs):
     return dtype_factor(1, self)
 
 
-def _const(formula: Callable[..., int]) -> Callable[[OpOverload], Callable[..., int]]:
-    return lambda op: formula
-
-
 FAMILY = {
-    "_fused_adam": _const(_adam(decoupled=False)),
-    "_fused_adamw": _const(_adam(decoupled=True)),
-    "_fused_sgd": _const(_sgd),
-    "_fused_adagrad": _const(_adagrad),
-    "_amp_foreach_non_finite_check_and_unscale": _const(_amp_unscale),
-    "_amp_update_scale": _const(_amp_update_scale),
+    "_fused_adam": fixed(_adam(decoupled=False)),
+    "_fused_adamw": fixed(_adam(decoupled=True)),
+    "_fused_sgd": fixed(_sgd),
+    "_fused_adagrad": fixed(_adagrad),
+    "_amp_foreach_non_finite_check_and_unscale": fixed(_amp_unscale),
+    "_amp_update_scale": fixed(_amp_update_scale),
 }
 
 register_family(FAMILY)

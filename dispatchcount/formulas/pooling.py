@@ -27,19 +27,15 @@ import torch
 from torch._ops import OpOverload
 
 from dispatchcount.formulas._helpers import (
-    COMPLEX_MUL,
     Tensor,
     arg_reader,
-    dtype_factor,
+    fixed,
+    mul_factor,
     register_family,
     result_tensor,
 )
 
 __all__ = ["adaptive_window_sum", "INTERPOLATION_TAPS"]
-
-
-def _f(t: Tensor) -> int:
-    return dtype_factor(COMPLEX_MUL, t)
 
 
 def _kernel_volume(kernel: Any, ndim: int) -> int:
@@ -58,7 +54,7 @@ def _window_pool(ndim: int, per_output_extra: int, kernel_arg: str = "kernel_siz
         read_kernel = arg_reader(op, kernel_arg)
 
         def window_pool_flops(self, *args, out=None, **kwargs):
-            f = _f(self)
+            f = mul_factor(self)
             if not f:
                 return 0
             k = _kernel_volume(read_kernel((self,) + args, kwargs), ndim)
@@ -74,7 +70,7 @@ def _avg_pool_backward(ndim: int) -> Callable[[OpOverload], Callable[..., int]]:
         read_kernel = arg_reader(op, "kernel_size")
 
         def avg_pool_backward_flops(grad_output, *args, out=None, **kwargs):
-            f = _f(grad_output)
+            f = mul_factor(grad_output)
             if not f:
                 return 0
             k = _kernel_volume(read_kernel((grad_output,) + args, kwargs), ndim)
@@ -90,7 +86,7 @@ def _max_pool_backward_recompute(ndim: int, kernel_index: int) -> Callable[[OpOv
     # again (prod(kernel) comparisons) and add the gradient there (1).
     def build(op: OpOverload) -> Callable[..., int]:
         def flops(grad_output, *args, out=None, **kwargs):
-            f = _f(grad_output)
+            f = mul_factor(grad_output)
             if not f:
                 return 0
             k = _kernel_volume(args[kernel_index - 1], ndim)
@@ -103,7 +99,7 @@ def _max_pool_backward_recompute(ndim: int, kernel_index: int) -> Callable[[OpOv
 
 def _grad_scatter(grad_output, *args, out=None, **kwargs) -> int:
     # One add per gradient element into the input position it came from.
-    return _f(grad_output) * grad_output.numel()
+    return mul_factor(grad_output) * grad_output.numel()
 
 
 @lru_cache(maxsize=4096)
@@ -126,7 +122,7 @@ def _adaptive_reads(inp: Tensor, out_shape: Any, ndim: int) -> int:
 
 def _adaptive_avg(ndim: int) -> Callable[..., int]:
     def adaptive_avg_flops(self, *args, out=None, **kwargs):
-        f = _f(self)
+        f = mul_factor(self)
         if not f:
             return 0
         result = result_tensor(out)
@@ -138,7 +134,7 @@ def _adaptive_avg(ndim: int) -> Callable[..., int]:
 def _adaptive_avg_backward(ndim: int) -> Callable[..., int]:
     # One divide per gradient element, then an add into every position of its window.
     def adaptive_avg_backward_flops(grad_output, self, *args, out=None, **kwargs):
-        f = _f(grad_output)
+        f = mul_factor(grad_output)
         if not f:
             return 0
         return f * (_adaptive_reads(self, grad_output.shape, ndim) + grad_output.numel())
@@ -148,7 +144,7 @@ def _adaptive_avg_backward(ndim: int) -> Callable[..., int]:
 
 def _adaptive_max(ndim: int) -> Callable[..., int]:
     def adaptive_max_flops(self, *args, out=None, **kwargs):
-        f = _f(self)
+        f = mul_factor(self)
         return f and f * _adaptive_reads(self, result_tensor(out).shape, ndim)
 
     return adaptive_max_flops
@@ -160,14 +156,14 @@ INTERPOLATION_TAPS = {"linear1d": 2, "bilinear2d": 4, "trilinear3d": 8, "bicubic
 
 def _interp_forward(taps: int) -> Callable[..., int]:
     def interpolate_flops(self, *args, out=None, **kwargs):
-        return _f(self) * (2 * taps - 1) * result_tensor(out).numel()
+        return mul_factor(self) * (2 * taps - 1) * result_tensor(out).numel()
 
     return interpolate_flops
 
 
 def _interp_backward(taps: int) -> Callable[..., int]:
     def interpolate_backward_flops(grad_output, *args, out=None, **kwargs):
-        return _f(grad_output) * 2 * taps * grad_output.numel()
+        return mul_factor(grad_output) * 2 * taps * grad_output.numel()
 
     return interpolate_backward_flops
 
@@ -188,7 +184,7 @@ def _aa_cost(support: int, lead: int, h_in: int, w_in: int, h_out: int, w_out: i
 
 def _aa_forward(support: int) -> Callable[..., int]:
     def aa_flops(self, *args, out=None, **kwargs):
-        f = _f(self)
+        f = mul_factor(self)
         if not f:
             return 0
         *lead, h_in, w_in = self.shape
@@ -204,7 +200,7 @@ def _aa_backward(support: int) -> Callable[[OpOverload], Callable[..., int]]:
 
         def aa_backward_flops(grad_output, *args, out=None, **kwargs):
             # The transposed passes: the same multiply-adds as the forward.
-            f = _f(grad_output)
+            f = mul_factor(grad_output)
             if not f:
                 return 0
             input_size = read_input_size((grad_output,) + args, kwargs)
@@ -228,7 +224,7 @@ _GRID_3D_BACKWARD = {0: (6 + 22 + 3, 16, 48), 1: (6 + 3, 1, 0)}
 
 def _grid_sampler(table: dict, coords: int) -> Callable[..., int]:
     def grid_sampler_flops(input, grid, interpolation_mode=0, padding_mode=0, *args, out=None, **kwargs):
-        f = _f(input)
+        f = mul_factor(input)
         if not f:
             return 0
         per_location, per_channel = table.get(interpolation_mode, table[0])
@@ -243,7 +239,7 @@ def _grid_sampler(table: dict, coords: int) -> Callable[..., int]:
 def _grid_sampler_backward(table: dict, coords: int) -> Callable[..., int]:
     def grid_sampler_backward_flops(grad_output, input, grid, interpolation_mode=0, padding_mode=0,
                                     align_corners=False, output_mask=None, *args, out=None, **kwargs):
-        f = _f(input)
+        f = mul_factor(input)
         if not f:
             return 0
         per_location, grad_input, grad_grid = table.get(interpolation_mode, table[0])
@@ -275,20 +271,16 @@ def _affine_grid(theta, *args, out=None, **kwargs):
     # Each output coordinate is a dot product of theta's row with (x, y[, z], 1): 2 (d + 1).
     result = result_tensor(out)
     d = result.shape[-1]
-    return _f(theta) * 2 * (d + 1) * result.numel()
+    return mul_factor(theta) * 2 * (d + 1) * result.numel()
 
 
 def _cudnn_affine_grid(theta, N, C, H, W, *args, out=None, **kwargs):
-    return _f(theta) * 2 * 3 * N * H * W * 2
+    return mul_factor(theta) * 2 * 3 * N * H * W * 2
 
 
 def _cudnn_affine_grid_backward(grad, N, C, H, W, *args, out=None, **kwargs):
     # grad_theta = grad^T @ base grid: the same multiply-adds as the forward.
-    return _f(grad) * 2 * 3 * N * H * W * 2
-
-
-def _const(formula: Callable[..., int]) -> Callable[[OpOverload], Callable[..., int]]:
-    return lambda op: formula
+    return mul_factor(grad) * 2 * 3 * N * H * W * 2
 
 
 def _make_family() -> dict[str, Callable[[OpOverload], Any]]:
@@ -298,40 +290,40 @@ def _make_family() -> dict[str, Callable[[OpOverload], Any]]:
         family[f"mkldnn_max_pool{nd}d"] = _window_pool(nd, 0)
         family[f"avg_pool{nd}d"] = _window_pool(nd, 1)
         family[f"fractional_max_pool{nd}d"] = _window_pool(nd, 0)
-        family[f"max_pool{nd}d_with_indices_backward"] = _const(_grad_scatter)
-        family[f"adaptive_max_pool{nd}d_backward"] = _const(_grad_scatter)
-        family[f"fractional_max_pool{nd}d_backward"] = _const(_grad_scatter)
+        family[f"max_pool{nd}d_with_indices_backward"] = fixed(_grad_scatter)
+        family[f"adaptive_max_pool{nd}d_backward"] = fixed(_grad_scatter)
+        family[f"fractional_max_pool{nd}d_backward"] = fixed(_grad_scatter)
         family[f"avg_pool{nd}d_backward"] = _avg_pool_backward(nd)
-        family[f"adaptive_avg_pool{nd}d"] = _const(_adaptive_avg(nd))
-        family[f"_adaptive_avg_pool{nd}d"] = _const(_adaptive_avg(nd))
-        family[f"adaptive_avg_pool{nd}d_backward"] = _const(_adaptive_avg_backward(nd))
-        family[f"_adaptive_avg_pool{nd}d_backward"] = _const(_adaptive_avg_backward(nd))
-        family[f"adaptive_max_pool{nd}d"] = _const(_adaptive_max(nd))
-        family[f"upsample_nearest{nd}d_backward"] = _const(_grad_scatter)
-        family[f"_upsample_nearest_exact{nd}d_backward"] = _const(_grad_scatter)
+        family[f"adaptive_avg_pool{nd}d"] = fixed(_adaptive_avg(nd))
+        family[f"_adaptive_avg_pool{nd}d"] = fixed(_adaptive_avg(nd))
+        family[f"adaptive_avg_pool{nd}d_backward"] = fixed(_adaptive_avg_backward(nd))
+        family[f"_adaptive_avg_pool{nd}d_backward"] = fixed(_adaptive_avg_backward(nd))
+        family[f"adaptive_max_pool{nd}d"] = fixed(_adaptive_max(nd))
+        family[f"upsample_nearest{nd}d_backward"] = fixed(_grad_scatter)
+        family[f"_upsample_nearest_exact{nd}d_backward"] = fixed(_grad_scatter)
     family["max_pool2d_backward"] = _max_pool_backward_recompute(2, 2)
     # mkldnn backward: (grad_output, output, input, kernel_size, ...)
     family["mkldnn_max_pool2d_backward"] = _max_pool_backward_recompute(2, 3)
     family["mkldnn_max_pool3d_backward"] = _max_pool_backward_recompute(3, 3)
-    family["mkldnn_adaptive_avg_pool2d"] = _const(_adaptive_avg(2))
-    family["mkldnn_adaptive_avg_pool2d_backward"] = _const(_adaptive_avg_backward(2))
+    family["mkldnn_adaptive_avg_pool2d"] = fixed(_adaptive_avg(2))
+    family["mkldnn_adaptive_avg_pool2d_backward"] = fixed(_adaptive_avg_backward(2))
     for mode, taps in INTERPOLATION_TAPS.items():
-        family[f"upsample_{mode}"] = _const(_interp_forward(taps))
-        family[f"upsample_{mode}_backward"] = _const(_interp_backward(taps))
+        family[f"upsample_{mode}"] = fixed(_interp_forward(taps))
+        family[f"upsample_{mode}_backward"] = fixed(_interp_backward(taps))
     for mode, support in _AA_SUPPORT.items():
-        family[f"_upsample_{mode}2d_aa"] = _const(_aa_forward(support))
+        family[f"_upsample_{mode}2d_aa"] = fixed(_aa_forward(support))
         family[f"_upsample_{mode}2d_aa_backward"] = _aa_backward(support)
-    family["grid_sampler_2d"] = _const(_grid_sampler_2d)
-    family["_grid_sampler_2d_cpu_fallback"] = _const(_grid_sampler_2d)
-    family["grid_sampler_3d"] = _const(_grid_sampler(_GRID_3D, 3))
-    family["grid_sampler_2d_backward"] = _const(_grid_sampler_2d_backward)
-    family["_grid_sampler_2d_cpu_fallback_backward"] = _const(_grid_sampler_2d_backward)
-    family["grid_sampler_3d_backward"] = _const(_grid_sampler_backward(_GRID_3D_BACKWARD, 3))
-    family["cudnn_grid_sampler"] = _const(_cudnn_grid_sampler)
-    family["cudnn_grid_sampler_backward"] = _const(_cudnn_grid_sampler_backward)
-    family["affine_grid_generator"] = _const(_affine_grid)
-    family["cudnn_affine_grid_generator"] = _const(_cudnn_affine_grid)
-    family["cudnn_affine_grid_generator_backward"] = _const(_cudnn_affine_grid_backward)
+    family["grid_sampler_2d"] = fixed(_grid_sampler_2d)
+    family["_grid_sampler_2d_cpu_fallback"] = fixed(_grid_sampler_2d)
+    family["grid_sampler_3d"] = fixed(_grid_sampler(_GRID_3D, 3))
+    family["grid_sampler_2d_backward"] = fixed(_grid_sampler_2d_backward)
+    family["_grid_sampler_2d_cpu_fallback_backward"] = fixed(_grid_sampler_2d_backward)
+    family["grid_sampler_3d_backward"] = fixed(_grid_sampler_backward(_GRID_3D_BACKWARD, 3))
+    family["cudnn_grid_sampler"] = fixed(_cudnn_grid_sampler)
+    family["cudnn_grid_sampler_backward"] = fixed(_cudnn_grid_sampler_backward)
+    family["affine_grid_generator"] = fixed(_affine_grid)
+    family["cudnn_affine_grid_generator"] = fixed(_cudnn_affine_grid)
+    family["cudnn_affine_grid_generator_backward"] = fixed(_cudnn_affine_grid_backward)
     # The loops above name every dimensionality; keep the ops PyTorch defines.
     return {name: rule for name, rule in family.items() if hasattr(torch.ops.aten, name)}
 

@@ -16,8 +16,14 @@ import torch
 from torch._ops import OpOverload
 
 from dispatchcount.formulas import matmul
-from dispatchcount.formulas._common import macs_to_flops
-from dispatchcount.formulas._helpers import Tensor, dtype_factor, register_family, result_tensor
+from dispatchcount.formulas._helpers import (
+    Tensor,
+    dtype_factor,
+    fixed,
+    macs_to_flops,
+    register_family,
+    result_tensor,
+)
 from dispatchcount.formulas.attention import attention_flops
 from dispatchcount.formulas.norm import normalize_forward_cost
 from dispatchcount.registry import register_formula
@@ -170,33 +176,29 @@ def _sdpa_math(query, key, value, *args, out=None, **kwargs):
     return attention_flops(query.shape, key.shape, value.shape)
 
 
-def _const(formula: Callable[..., int]) -> Callable[[OpOverload], Callable[..., int]]:
-    return lambda op: formula
-
-
 FAMILY: dict[str, Callable[[OpOverload], Any]] = {
-    "linear": _const(_linear),
-    "linear_backward": _const(_linear_backward),
-    "mkldnn_linear_backward": _const(_linear_backward),
-    "mkldnn_linear_backward_input": _const(_linear_backward_input),
-    "mkldnn_linear_backward_weights": _const(_linear_backward_weights),
-    "matmul_backward": _const(_matmul_backward),
-    "_grouped_mm": _const(_grouped_mm),
-    "_scaled_grouped_mm": _const(_grouped_mm),
-    "_scaled_grouped_mm_v2": _const(_grouped_mm),
-    "_weight_int4pack_mm": _const(_weight_quantized_mm),
-    "_weight_int4pack_mm_for_cpu": _const(_weight_quantized_mm),
-    "_weight_int4pack_mm_with_scales_and_zeros": _const(_weight_quantized_mm),
-    "_weight_int8pack_mm": _const(_weight_quantized_mm),
-    "_dyn_quant_matmul_4bit": _const(_dyn_quant_matmul_4bit),
-    "_mixed_dtypes_linear": _const(_mixed_dtypes_linear),
-    "_sparse_semi_structured_mm": _const(_semi_structured_mm),
-    "_sparse_semi_structured_addmm": _const(_semi_structured_addmm),
-    "_sparse_semi_structured_linear": _const(_semi_structured_linear),
-    "_cslt_sparse_mm": _const(_cslt_sparse_mm),
-    "_transformer_encoder_layer_fwd": _const(_transformer_encoder_layer_fwd),
-    "_transform_bias_rescale_qkv": _const(_transform_bias_rescale_qkv),
-    "_scaled_dot_product_attention_math_for_mps": _const(_sdpa_math),
+    "linear": fixed(_linear),
+    "linear_backward": fixed(_linear_backward),
+    "mkldnn_linear_backward": fixed(_linear_backward),
+    "mkldnn_linear_backward_input": fixed(_linear_backward_input),
+    "mkldnn_linear_backward_weights": fixed(_linear_backward_weights),
+    "matmul_backward": fixed(_matmul_backward),
+    "_grouped_mm": fixed(_grouped_mm),
+    "_scaled_grouped_mm": fixed(_grouped_mm),
+    "_scaled_grouped_mm_v2": fixed(_grouped_mm),
+    "_weight_int4pack_mm": fixed(_weight_quantized_mm),
+    "_weight_int4pack_mm_for_cpu": fixed(_weight_quantized_mm),
+    "_weight_int4pack_mm_with_scales_and_zeros": fixed(_weight_quantized_mm),
+    "_weight_int8pack_mm": fixed(_weight_quantized_mm),
+    "_dyn_quant_matmul_4bit": fixed(_dyn_quant_matmul_4bit),
+    "_mixed_dtypes_linear": fixed(_mixed_dtypes_linear),
+    "_sparse_semi_structured_mm": fixed(_semi_structured_mm),
+    "_sparse_semi_structured_addmm": fixed(_semi_structured_addmm),
+    "_sparse_semi_structured_linear": fixed(_semi_structured_linear),
+    "_cslt_sparse_mm": fixed(_cslt_sparse_mm),
+    "_transformer_encoder_layer_fwd": fixed(_transformer_encoder_layer_fwd),
+    "_transform_bias_rescale_qkv": fixed(_transform_bias_rescale_qkv),
+    "_scaled_dot_product_attention_math_for_mps": fixed(_sdpa_math),
 }
 
 register_family(FAMILY)

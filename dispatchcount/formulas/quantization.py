@@ -14,7 +14,13 @@ from typing import Any, Callable
 
 from torch._ops import OpOverload
 
-from dispatchcount.formulas._helpers import Tensor, dtype_factor, register_family, result_tensor
+from dispatchcount.formulas._helpers import (
+    Tensor,
+    dtype_factor,
+    fixed,
+    register_family,
+    result_tensor,
+)
 
 __all__ = ["QUANTIZATION_FLOPS"]
 
@@ -52,13 +58,9 @@ def _dequantize(first, *args, out=None, **kwargs):
     return 2 * sum(dtype_factor(1, t) * t.numel() for t in results if isinstance(t, Tensor))
 
 
-def _const(formula: Callable[..., int]) -> Callable[[OpOverload], Callable[..., int]]:
-    return lambda op: formula
-
-
 FAMILY: dict[str, Callable[[OpOverload], Any]] = {
-    name: _const(_from_float(per_element)) for name, per_element in QUANTIZATION_FLOPS.items()
+    name: fixed(_from_float(per_element)) for name, per_element in QUANTIZATION_FLOPS.items()
 }
-FAMILY["dequantize"] = _const(_dequantize)
+FAMILY["dequantize"] = fixed(_dequantize)
 
 register_family(FAMILY)

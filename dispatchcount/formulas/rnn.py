@@ -22,16 +22,12 @@ from typing import Any, Callable, Sequence
 
 from torch._ops import OpOverload
 
-from dispatchcount.formulas._helpers import Tensor, dtype_factor, register_family
+from dispatchcount.formulas._helpers import Tensor, fixed, mul_factor, register_family
 
 __all__ = ["CELL_FORWARD", "CELL_BACKWARD", "stacked_rnn_flops"]
 
 CELL_FORWARD = {4: 18, 3: 14, 1: 1}
 CELL_BACKWARD = {4: 23, 3: 16, 1: 2}
-
-
-def _f(t: Tensor) -> int:
-    return dtype_factor(4, t)
 
 
 def _rows(input: Tensor) -> int:
@@ -64,41 +60,41 @@ def stacked_rnn_flops(rows: int, weights: Sequence[Tensor], stride: int, hidden:
 def _mkldnn_rnn_layer(input, w_ih, w_hh, b_ih, b_hh, hx, cx, reverse, batch_sizes, mode,
                       hidden_size, num_layers, has_biases, *args, out=None, **kwargs):
     weights = [w_ih, w_hh, b_ih, b_hh]
-    return _f(input) * stacked_rnn_flops(_rows(input), weights, 4, hidden_size, has_biases, False)
+    return mul_factor(input) * stacked_rnn_flops(_rows(input), weights, 4, hidden_size, has_biases, False)
 
 
 def _mkldnn_rnn_layer_backward(input, w_ih, w_hh, b_ih, b_hh, hx, cx, output, hy, cy, grad_output,
                                grad_hy, grad_cy, reverse, mode, hidden_size, num_layers,
                                has_biases, *args, out=None, **kwargs):
     weights = [w_ih, w_hh, b_ih, b_hh]
-    return _f(input) * stacked_rnn_flops(_rows(input), weights, 4, hidden_size, has_biases, True)
+    return mul_factor(input) * stacked_rnn_flops(_rows(input), weights, 4, hidden_size, has_biases, True)
 
 
 def _cudnn_rnn(input, weight, weight_stride0, weight_buf, hx, cx, mode, hidden_size, *args,
                out=None, **kwargs):
-    return _f(input) * stacked_rnn_flops(_rows(input), weight, weight_stride0, hidden_size, True, False)
+    return mul_factor(input) * stacked_rnn_flops(_rows(input), weight, weight_stride0, hidden_size, True, False)
 
 
 def _cudnn_rnn_backward(input, weight, weight_stride0, weight_buf, hx, cx, output, grad_output,
                         grad_hy, grad_cy, mode, hidden_size, *args, out=None, **kwargs):
-    return _f(input) * stacked_rnn_flops(_rows(input), weight, weight_stride0, hidden_size, True, True)
+    return mul_factor(input) * stacked_rnn_flops(_rows(input), weight, weight_stride0, hidden_size, True, True)
 
 
 def _miopen_rnn(input, weight, weight_stride0, hx, cx, mode, hidden_size, *args, out=None, **kwargs):
-    return _f(input) * stacked_rnn_flops(_rows(input), weight, weight_stride0, hidden_size, True, False)
+    return mul_factor(input) * stacked_rnn_flops(_rows(input), weight, weight_stride0, hidden_size, True, False)
 
 
 def _lstm_mps(input, hx, params, has_biases, *args, out=None, **kwargs):
     hidden = hx[0].shape[-1]
     stride = 4 if has_biases else 2
-    return _f(input) * stacked_rnn_flops(_rows(input), params, stride, hidden, has_biases, False)
+    return mul_factor(input) * stacked_rnn_flops(_rows(input), params, stride, hidden, has_biases, False)
 
 
 def _lstm_mps_backward(grad_y, grad_hy, grad_cy, z_state, cell_state_fwd, input, layers_outputs,
                        hx, params, has_biases, *args, out=None, **kwargs):
     hidden = hx[0].shape[-1]
     stride = 4 if has_biases else 2
-    return _f(input) * stacked_rnn_flops(_rows(input), params, stride, hidden, has_biases, True)
+    return mul_factor(input) * stacked_rnn_flops(_rows(input), params, stride, hidden, has_biases, True)
 
 
 def _quantized_rnn(gates: int) -> Callable[[OpOverload], Callable[..., int]]:
@@ -114,7 +110,7 @@ def _quantized_rnn(gates: int) -> Callable[[OpOverload], Callable[..., int]]:
             hidden = (hx[0] if isinstance(hx, (list, tuple)) else hx).shape[-1]
             rows = input.shape[0] if packed else _rows(input)
             groups = num_layers * (2 if bidirectional else 1)
-            return _f(input) * rows * groups * hidden * CELL_FORWARD[gates]
+            return mul_factor(input) * rows * groups * hidden * CELL_FORWARD[gates]
 
         return quantized_rnn_flops
 
@@ -125,13 +121,13 @@ def _lstm_cell(input_gates, hidden_gates, cx, input_bias=None, hidden_bias=None,
     # Gate sum (4H) and biases (4H each) per row, then the LSTM cell (18 per unit).
     n = cx.numel()
     biases = (input_bias is not None) + (hidden_bias is not None)
-    return _f(cx) * n * (4 + 4 * biases + CELL_FORWARD[4])
+    return mul_factor(cx) * n * (4 + 4 * biases + CELL_FORWARD[4])
 
 
 def _lstm_cell_backward(grad_hy, grad_cy, cx, cy, workspace, has_bias, *args, out=None, **kwargs):
     # The cell's gradient (23 per unit) and, with biases, the per-gate bias gradient sums (4).
     n = cx.numel()
-    return _f(cx) * n * (CELL_BACKWARD[4] + (4 if has_bias else 0))
+    return mul_factor(cx) * n * (CELL_BACKWARD[4] + (4 if has_bias else 0))
 
 
 def _gru_cell(input_gates, hidden_gates, hx, input_bias=None, hidden_bias=None, *args, out=None, **kwargs):
@@ -139,33 +135,29 @@ def _gru_cell(input_gates, hidden_gates, hx, input_bias=None, hidden_bias=None, 
     # then the GRU cell (14 per unit).
     n = hx.numel()
     biases = (input_bias is not None) + (hidden_bias is not None)
-    return _f(hx) * n * (2 + 3 * biases + CELL_FORWARD[3])
+    return mul_factor(hx) * n * (2 + 3 * biases + CELL_FORWARD[3])
 
 
 def _gru_cell_backward(grad_hy, workspace, has_bias, *args, out=None, **kwargs):
     n = grad_hy.numel()
-    return _f(grad_hy) * n * (CELL_BACKWARD[3] + (3 if has_bias else 0))
-
-
-def _const(formula: Callable[..., int]) -> Callable[[OpOverload], Callable[..., int]]:
-    return lambda op: formula
+    return mul_factor(grad_hy) * n * (CELL_BACKWARD[3] + (3 if has_bias else 0))
 
 
 FAMILY: dict[str, Callable[[OpOverload], Any]] = {
-    "mkldnn_rnn_layer": _const(_mkldnn_rnn_layer),
-    "mkldnn_rnn_layer_backward": _const(_mkldnn_rnn_layer_backward),
-    "_cudnn_rnn": _const(_cudnn_rnn),
-    "_cudnn_rnn_backward": _const(_cudnn_rnn_backward),
-    "miopen_rnn": _const(_miopen_rnn),
-    "miopen_rnn_backward": _const(_cudnn_rnn_backward),
-    "_lstm_mps": _const(_lstm_mps),
-    "lstm_mps_backward": _const(_lstm_mps_backward),
+    "mkldnn_rnn_layer": fixed(_mkldnn_rnn_layer),
+    "mkldnn_rnn_layer_backward": fixed(_mkldnn_rnn_layer_backward),
+    "_cudnn_rnn": fixed(_cudnn_rnn),
+    "_cudnn_rnn_backward": fixed(_cudnn_rnn_backward),
+    "miopen_rnn": fixed(_miopen_rnn),
+    "miopen_rnn_backward": fixed(_cudnn_rnn_backward),
+    "_lstm_mps": fixed(_lstm_mps),
+    "lstm_mps_backward": fixed(_lstm_mps_backward),
     "quantized_lstm": _quantized_rnn(4),
     "quantized_gru": _quantized_rnn(3),
-    "_thnn_fused_lstm_cell": _const(_lstm_cell),
-    "_thnn_fused_lstm_cell_backward_impl": _const(_lstm_cell_backward),
-    "_thnn_fused_gru_cell": _const(_gru_cell),
-    "_thnn_fused_gru_cell_backward": _const(_gru_cell_backward),
+    "_thnn_fused_lstm_cell": fixed(_lstm_cell),
+    "_thnn_fused_lstm_cell_backward_impl": fixed(_lstm_cell_backward),
+    "_thnn_fused_gru_cell": fixed(_gru_cell),
+    "_thnn_fused_gru_cell_backward": fixed(_gru_cell_backward),
 }
 
 register_family(FAMILY)

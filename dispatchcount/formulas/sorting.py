@@ -14,7 +14,13 @@ from typing import Any, Callable
 
 from torch._ops import OpOverload
 
-from dispatchcount.formulas._helpers import Tensor, arg_reader, dtype_factor, register_family
+from dispatchcount.formulas._helpers import (
+    Tensor,
+    arg_reader,
+    dtype_factor,
+    fixed,
+    register_family,
+)
 
 __all__ = ["sort_cost", "search_cost"]
 
@@ -177,26 +183,22 @@ def _histogramdd_bin_edges(op: OpOverload) -> Callable[..., int]:
     return bin_edges_flops
 
 
-def _const(formula: Callable[..., int]) -> Callable[[OpOverload], Callable[..., int]]:
-    return lambda op: formula
-
-
 FAMILY: dict[str, Callable[[OpOverload], Any]] = {
     "sort": _sort,
-    "topk": _const(_topk),
-    "kthvalue": _const(_selection),
-    "median": _const(_selection),
-    "nanmedian": _const(_nan_selection),
+    "topk": fixed(_topk),
+    "kthvalue": fixed(_selection),
+    "median": fixed(_selection),
+    "nanmedian": fixed(_nan_selection),
     "mode": _mode,
-    "_unique": _const(_unique),
-    "_unique2": _const(_unique),
+    "_unique": fixed(_unique),
+    "_unique2": fixed(_unique),
     "unique_dim": _unique_dim,
-    "unique_dim_consecutive": _const(_unique_consecutive),
-    "unique_consecutive": _const(_unique_consecutive),
-    "searchsorted": _const(_searchsorted),
-    "bucketize": _const(_bucketize),
-    "isin": _const(_isin),
-    "bincount": _const(_bincount),
+    "unique_dim_consecutive": fixed(_unique_consecutive),
+    "unique_consecutive": fixed(_unique_consecutive),
+    "searchsorted": fixed(_searchsorted),
+    "bucketize": fixed(_bucketize),
+    "isin": fixed(_isin),
+    "bincount": fixed(_bincount),
     "histc": _histc,
     "histogram": _histogram,
     "_histogramdd_from_bin_cts": _histogram,

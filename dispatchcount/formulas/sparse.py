@@ -16,7 +16,14 @@ from typing import Any, Callable
 import torch
 from torch._ops import OpOverload
 
-from dispatchcount.formulas._helpers import Tensor, arg_reader, dtype_factor, register_family, result_tensor
+from dispatchcount.formulas._helpers import (
+    Tensor,
+    arg_reader,
+    fixed,
+    mul_factor,
+    register_family,
+    result_tensor,
+)
 
 __all__ = ["stored_values"]
 
@@ -35,13 +42,9 @@ def _nnz(t: Tensor) -> int:
     return t._nnz() if t.layout != torch.strided else t.numel()
 
 
-def _f(*tensors: Tensor) -> int:
-    return dtype_factor(4, *tensors)
-
-
 def _sparse_dense_mm(sparse: Tensor, dense: Tensor) -> int:
     # One multiply-add per stored value of the sparse matrix and column of the dense one.
-    return _f(sparse, dense) * 2 * _nnz(sparse) * dense.shape[-1]
+    return mul_factor(sparse, dense) * 2 * _nnz(sparse) * dense.shape[-1]
 
 
 def _sparse_addmm(self, mat1, mat2, *args, out=None, **kwargs):
@@ -54,7 +57,7 @@ def _hspmm(mat1, mat2, *args, out=None, **kwargs):
 
 def _sampled_addmm(self, mat1, mat2, *args, out=None, **kwargs):
     # Only the entries of self's pattern are computed: k multiply-adds each.
-    return _f(mat1, mat2) * 2 * _nnz(self) * mat1.shape[-1]
+    return mul_factor(mat1, mat2) * 2 * _nnz(self) * mat1.shape[-1]
 
 
 def _mm_reduce(op: OpOverload) -> Callable[..., int]:
@@ -65,7 +68,7 @@ def _mm_reduce(op: OpOverload) -> Callable[..., int]:
         flops = 2 * _nnz(self) * other.shape[-1]
         if read_reduce((self, other) + args, kwargs) == "mean":
             flops += result_tensor(out).numel()
-        return _f(other) * flops
+        return mul_factor(other) * flops
 
     return mm_reduce_flops
 
@@ -74,55 +77,51 @@ def _mm_reduce_backward(self, grad_out, weight, reduce, arg_out, output_mask, *a
     # grad of the stored values (a dot product per value) and of the dense operand (a
     # multiply-add per value and column): 2 nnz n each.
     per = 2 * _nnz(self) * grad_out.shape[-1]
-    return _f(grad_out) * per * (bool(output_mask[0]) + bool(output_mask[1]))
+    return mul_factor(grad_out) * per * (bool(output_mask[0]) + bool(output_mask[1]))
 
 
 def _sparse_sparse_matmul(self, other, *args, out=None, **kwargs):
     # Each stored value of A meets the stored values of one row of B: estimated as nnz(B)/k
     # on average (the pattern is data).
     k = other.shape[0]
-    return _f(self, other) * 2 * _nnz(self) * _nnz(other) // max(1, k)
+    return mul_factor(self, other) * 2 * _nnz(self) * _nnz(other) // max(1, k)
 
 
 def _spsolve(a, b, *args, out=None, **kwargs):
     # A lower bound: one multiply-add per stored value of A and right-hand side (fill-in of
     # the factorization depends on the pattern).
     r = b.shape[-1] if b.dim() == 2 else 1
-    return _f(a, b) * 2 * _nnz(a) * r
+    return mul_factor(a, b) * 2 * _nnz(a) * r
 
 
 def _per_stored(per_value: int) -> Callable[..., int]:
     def per_stored_flops(self, *args, out=None, **kwargs):
-        return _f(self) * per_value * stored_values(self)
+        return mul_factor(self) * per_value * stored_values(self)
 
     return per_stored_flops
 
 
 def _softmax_backward(grad_output, output, *args, out=None, **kwargs):
-    return _f(output) * 4 * stored_values(output)
-
-
-def _const(formula: Callable[..., int]) -> Callable[[OpOverload], Callable[..., int]]:
-    return lambda op: formula
+    return mul_factor(output) * 4 * stored_values(output)
 
 
 FAMILY: dict[str, Callable[[OpOverload], Any]] = {
-    "_sparse_addmm": _const(_sparse_addmm),
-    "hspmm": _const(_hspmm),
-    "sspaddmm": _const(_sparse_addmm),
-    "sparse_sampled_addmm": _const(_sampled_addmm),
+    "_sparse_addmm": fixed(_sparse_addmm),
+    "hspmm": fixed(_hspmm),
+    "sspaddmm": fixed(_sparse_addmm),
+    "sparse_sampled_addmm": fixed(_sampled_addmm),
     "_sparse_mm_reduce_impl": _mm_reduce,
-    "_sparse_mm_reduce_impl_backward": _const(_mm_reduce_backward),
-    "_sparse_sparse_matmul": _const(_sparse_sparse_matmul),
-    "_spsolve": _const(_spsolve),
-    "_coalesce": _const(_per_stored(1)),        # duplicates summed: at most one add per value
-    "_sparse_sum": _const(_per_stored(1)),
-    "_sparse_csr_sum": _const(_per_stored(1)),
-    "_sparse_csr_prod": _const(_per_stored(1)),
-    "_sparse_softmax": _const(_per_stored(5)),
-    "_sparse_log_softmax": _const(_per_stored(5)),
-    "_sparse_softmax_backward_data": _const(_softmax_backward),
-    "_sparse_log_softmax_backward_data": _const(_softmax_backward),
+    "_sparse_mm_reduce_impl_backward": fixed(_mm_reduce_backward),
+    "_sparse_sparse_matmul": fixed(_sparse_sparse_matmul),
+    "_spsolve": fixed(_spsolve),
+    "_coalesce": fixed(_per_stored(1)),        # duplicates summed: at most one add per value
+    "_sparse_sum": fixed(_per_stored(1)),
+    "_sparse_csr_sum": fixed(_per_stored(1)),
+    "_sparse_csr_prod": fixed(_per_stored(1)),
+    "_sparse_softmax": fixed(_per_stored(5)),
+    "_sparse_log_softmax": fixed(_per_stored(5)),
+    "_sparse_softmax_backward_data": fixed(_softmax_backward),
+    "_sparse_log_softmax_backward_data": fixed(_softmax_backward),
 }
 
 register_family(FAMILY)

@@ -144,8 +144,9 @@ def _zero_by_name(op: OpOverload) -> Any:
 
 
 _NAMES = zero_names()
-for _convention in CONVENTIONS:
-    register_resolver(_convention, _zero_by_name)
+for _convention in CONVENTIONS.values():
+    if _convention.counts_flops:  # no floating-point arithmetic: zero in every FLOP convention
+        register_resolver(_convention.name, _zero_by_name, family="the reviewed explicit zeros (dispatchcount.formulas.zero)")
 
 # native_channel_shuffle has a CPU kernel besides its CompositeImplicit one: an explicit zero
 # keeps the counter from running the decomposition instead of the kernel.

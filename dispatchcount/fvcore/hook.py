@@ -15,9 +15,10 @@ that op's ``convention="fvcore"`` rule once, and runs the call unchanged with th
 what it dispatches suspended. Every other call passes straight through; outputs are the very
 tensors the call returns.
 
-:class:`FvcoreDispatch` is FlopMode's dispatch hook for this convention: the same counting, plus
-the suspension, per-analysis rule overrides (``dispatchcount.fvcore.FlopCountAnalysis.set_op_handle``),
-and the function mode's lifetime. An active ``TorchFunctionMode`` makes
+:class:`FvcoreDispatch` is FlopMode's dispatch hook for this convention (declared in
+``dispatchcount.registry.CONVENTIONS``): the same counting, plus the suspension and the
+function mode's lifetime. Per-analysis handles (``FlopCountAnalysis.set_op_handle``) reach it as
+the counter's own formulas (``FlopMode(formulas=...)``), for composite calls too. An active ``TorchFunctionMode`` makes
 ``torch.overrides.has_torch_function`` true, which turns off the inference fast path of
 ``nn.MultiheadAttention`` and ``nn.TransformerEncoder(Layer)`` and so changes their output bits;
 the function mode is therefore taken off the stack while those modules run (their ops are then
@@ -41,20 +42,13 @@ from torch._ops import OpOverload
 from torch.nn.modules.module import register_module_forward_hook, register_module_forward_pre_hook
 from torch.overrides import TorchFunctionMode
 
-from dispatchcount.mode import _as_count, _CountingDispatch
-from dispatchcount.registry import resolve
+from dispatchcount.dispatch import CountingDispatch
+from dispatchcount.formulas._helpers import bind
 
 __all__ = ["FvcoreDispatch", "FvcoreFunctionMode"]
 
 aten = torch.ops.aten
 Call = Optional[tuple[OpOverload, tuple]]
-
-
-def _bind(args: Sequence[Any], kwargs: dict, names: Sequence[str], defaults: dict) -> list:
-    values = list(args[: len(names)])
-    for name in names[len(values):]:
-        values.append(kwargs.get(name, defaults.get(name)))
-    return values
 
 
 def _tensors(*values: Any) -> bool:
@@ -95,27 +89,27 @@ def _sublist_equation(args: Sequence[Any]) -> tuple[str, list]:
 
 
 def _matmul(args, kwargs) -> Call:
-    a, b = _bind(args, kwargs, ("input", "other"), {})
+    a, b = bind(args, kwargs, ("input", "other"), {})
     return (aten.matmul.default, (a, b)) if _tensors(a, b) else None
 
 
 def _rmatmul(args, kwargs) -> Call:
-    a, b = _bind(args, kwargs, ("self", "other"), {})
+    a, b = bind(args, kwargs, ("self", "other"), {})
     return (aten.matmul.default, (b, a)) if _tensors(a, b) else None
 
 
 def _linear(args, kwargs) -> Call:
-    x, w, b = _bind(args, kwargs, ("input", "weight", "bias"), {})
+    x, w, b = bind(args, kwargs, ("input", "weight", "bias"), {})
     return (aten.linear.default, (x, w, b)) if _tensors(x, w) else None
 
 
 def _adaptive_avg_pool2d(args, kwargs) -> Call:
-    x, size = _bind(args, kwargs, ("input", "output_size"), {})
+    x, size = bind(args, kwargs, ("input", "output_size"), {})
     return (aten.adaptive_avg_pool2d.default, (x, size)) if _tensors(x) else None
 
 
 def _adaptive_avg_pool1d(args, kwargs) -> Call:
-    x, size = _bind(args, kwargs, ("input", "output_size"), {})
+    x, size = bind(args, kwargs, ("input", "output_size"), {})
     return (aten.adaptive_avg_pool1d.default, (x, size)) if _tensors(x) else None
 
 
@@ -126,7 +120,7 @@ _ATEN_INSTANCE_NORM = ("input", "weight", "bias", "running_mean", "running_var",
 
 
 def _f_instance_norm(args, kwargs) -> Call:
-    x, mean, var, w, b, use_stats, momentum, eps = _bind(
+    x, mean, var, w, b, use_stats, momentum, eps = bind(
         args, kwargs, _F_INSTANCE_NORM, {"use_input_stats": True, "momentum": 0.1, "eps": 1e-5}
     )
     if not _tensors(x):
@@ -135,12 +129,12 @@ def _f_instance_norm(args, kwargs) -> Call:
 
 
 def _torch_instance_norm(args, kwargs) -> Call:
-    values = _bind(args, kwargs, _ATEN_INSTANCE_NORM, {})
+    values = bind(args, kwargs, _ATEN_INSTANCE_NORM, {})
     return (aten.instance_norm.default, tuple(values)) if _tensors(values[0]) else None
 
 
 def _conv(args, kwargs) -> Call:
-    x, w, b, stride, padding, dilation, groups = _bind(
+    x, w, b, stride, padding, dilation, groups = bind(
         args, kwargs, ("input", "weight", "bias", "stride", "padding", "dilation", "groups"),
         {"stride": 1, "padding": 0, "dilation": 1, "groups": 1},
     )
@@ -150,7 +144,7 @@ def _conv(args, kwargs) -> Call:
 
 
 def _sdpa(args, kwargs) -> Call:
-    q, k, v = _bind(args, kwargs, ("query", "key", "value"), {})
+    q, k, v = bind(args, kwargs, ("query", "key", "value"), {})
     return (aten.scaled_dot_product_attention.default, (q, k, v)) if _tensors(q, k, v) else None
 
 
@@ -195,7 +189,7 @@ class FvcoreFunctionMode(TorchFunctionMode):
             return func(*args, **kwargs)
         with self._counter.counting_suspended():
             out = func(*args, **kwargs)
-        self._counter.charge_rule(op, rule, op_args, out)
+        self._counter.charge(op, rule, op_args, {}, out)
         return out
 
 
@@ -203,16 +197,11 @@ class FvcoreFunctionMode(TorchFunctionMode):
 _FAST_PATH_MODULES = (nn.MultiheadAttention, nn.TransformerEncoderLayer, nn.TransformerEncoder)
 
 
-class FvcoreDispatch(_CountingDispatch):
-    """FlopMode's dispatch hook under ``convention="fvcore"``.
+class FvcoreDispatch(CountingDispatch):
+    """FlopMode's dispatch hook under ``convention="fvcore"``."""
 
-    ``overrides`` maps an ``OpOverload`` to a rule (a formula, or ``None`` to count 0) that
-    replaces the registered one for this counter only.
-    """
-
-    def __init__(self, counter: Any, overrides: Optional[dict] = None) -> None:
-        super().__init__(counter)
-        self.overrides: dict = dict(overrides or {})
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
         self.suspended = 0
         self.functions = FvcoreFunctionMode(self)
         self._entered = 0
@@ -277,46 +266,14 @@ class FvcoreDispatch(_CountingDispatch):
         finally:
             self.suspended -= 1
 
-    def rule_for(self, op: OpOverload) -> Any:
-        if self.overrides and op in self.overrides:
-            rule = self.overrides[op]
-            return _count_zero if rule is None else rule
-        return resolve(op, self.convention)
-
     def composite_rule(self, op: OpOverload) -> Optional[Callable[..., Any]]:
         """The formula to charge for composite ``op`` at the Python call, or None."""
         if self.suspended:
             return None
-        rule = self.rule_for(op)
+        rule = self.rule(op)
         return rule if callable(rule) else None
-
-    def charge_rule(
-        self, op: OpOverload, rule: Callable[..., Any], args: tuple, out: Any, kwargs: Optional[dict] = None
-    ) -> None:
-        """Charge ``rule(*args, out=out, **kwargs)`` to the running module, as a call of ``op``."""
-        try:
-            if kwargs:
-                kwargs = {k: v for k, v in kwargs.items() if k != "out"}  # ``out=`` is the result
-                flops = rule(*args, out=out, **kwargs)
-            else:
-                flops = rule(*args, out=out)
-            if type(flops) is not int:
-                flops = _as_count(flops)
-        except Exception as error:
-            self.counter._note_error(op, error)
-            return
-        self.record(op, flops)
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         if self.suspended:
             return func(*args, **(kwargs or {}))
-        if self.overrides and func in self.overrides:
-            kwargs = kwargs or {}
-            out = func(*args, **kwargs)
-            self.charge_rule(func, self.rule_for(func), args, out, kwargs)
-            return out
         return super().__torch_dispatch__(func, types, args, kwargs)
-
-
-def _count_zero(*args: Any, out: Any = None, **kwargs: Any) -> int:
-    return 0

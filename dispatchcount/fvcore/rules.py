@@ -16,7 +16,7 @@ native_batch_norm ...). So the rules come in two layers that agree with each oth
   which reproduce fvcore's number wherever the decomposition preserves it;
 - rules on the composite ops themselves (aten.einsum, aten.matmul, aten.linear,
   aten.instance_norm, aten.adaptive_avg_pool2d ...). They apply when the mode sees the composite
-  op undecomposed (``torch.inference_mode()``) and when ``dispatchcount.fvcore_functions`` counts
+  op undecomposed (``torch.inference_mode()``) and when ``dispatchcount.fvcore.hook`` counts
   the Python call, for the cases where the decomposition does not preserve fvcore's number
   (einsum, broadcast matmul, global adaptive pooling that runs as ``mean``, instance norm in eval
   with running stats).
@@ -34,25 +34,19 @@ a sum, 0), and norm/upsample/pool/grid_sample backward ops the estimate of their
 
 from __future__ import annotations
 
-import itertools
-import math
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 import torch
 
+from dispatchcount.formulas._helpers import argument as _arg
+from dispatchcount.formulas._helpers import attention_backward_macs, attention_macs, conv_macs
+from dispatchcount.fvcore.einsum import fvcore_einsum_macs
 from dispatchcount.registry import ZERO, register_formula, register_resolver
 
-__all__ = ["BEYOND_FVCORE", "FVCORE_OP_NAMES", "fvcore_einsum_macs", "is_beyond_fvcore"]
+__all__ = ["BEYOND_FVCORE", "FVCORE_OP_NAMES", "fvcore_name", "is_beyond_fvcore"]
 
 aten = torch.ops.aten
 FVCORE = "fvcore"
-
-
-def _arg(args: Sequence[Any], kwargs: dict, index: int, name: str, default: Any = None) -> Any:
-    """Argument ``name`` at schema position ``index``: positional, keyword, or its default."""
-    if index < len(args):
-        return args[index]
-    return kwargs.get(name, default)
 
 
 def _ops(*names: str) -> list:
@@ -100,159 +94,13 @@ def _einsum(equation, tensors, *args, out=None, **kwargs) -> int:
 
 
 # ---------------------------------------------------------------------------------------------
-# einsum, as fvcore counts it
-# ---------------------------------------------------------------------------------------------
-
-
-def fvcore_einsum_macs(equation: str, shapes: Sequence[Sequence[int]]) -> int:
-    """fvcore's count for ``torch.einsum(equation, *operands)`` with operands of ``shapes``.
-
-    fvcore renames the letters in order of first appearance; ``abc,abd->acd`` and
-    ``abc,adc->adb`` (batched matmuls) are counted exactly; any other equation is costed by
-    ``numpy.einsum_path(..., optimize="optimal")``, whose "Optimized FLOP count" (the sum of the
-    pairwise contraction costs plus one, printed with 4 significant digits) fvcore halves and
-    floors. This reproduces that number without numpy, including the rounding.
-    """
-    equation = equation.replace(" ", "")
-    letters = dict.fromkeys(ch for ch in equation if ch.isalpha())
-    rename = {ord(ch): 97 + i for i, ch in enumerate(letters)}
-    equation = equation.translate(rename)
-    if equation == "abc,abd->acd":
-        n, c, t = shapes[0]
-        return n * c * t * shapes[-1][-1]
-    if equation == "abc,adc->adb":
-        n, t, g = shapes[0]
-        return n * t * g * shapes[-1][1]
-    terms, output = _parse_einsum(equation, shapes)
-    sizes: dict[str, int] = {}
-    for term, shape in zip(terms, shapes):
-        if len(term) != len(shape):
-            raise ValueError(
-                f"einsum equation {equation!r}: operand of shape {tuple(shape)} needs "
-                f"{len(shape)} subscripts, got {term!r}"
-            )
-        for ch, dim in zip(term, shape):
-            if sizes.get(ch, 1) == 1:  # a size-1 dimension broadcasts against the larger one
-                sizes[ch] = dim
-    cost = _einsum_path_cost([set(t) for t in terms], set(output), terms, output, sizes)
-    # numpy prints ``cost + 1`` as "%.3e"; fvcore parses that string back and halves it.
-    return int(math.floor(float(f"{cost + 1:.3e}") / 2))
-
-
-_EINSUM_LETTERS = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
-
-
-def _parse_einsum(equation: str, shapes: Sequence[Sequence[int]]) -> tuple[list[str], str]:
-    """Operand subscripts with any ``...`` spelled out in fresh letters, and the output."""
-    lhs, arrow, rhs = equation.partition("->")
-    terms = lhs.split(",")
-    if len(terms) != len(shapes):
-        raise ValueError(
-            f"einsum equation {equation!r} names {len(terms)} operands, got {len(shapes)}"
-        )
-    fresh = sorted(set(_EINSUM_LETTERS) - set(equation))
-    longest = 0
-    if "..." in equation:
-        for i, (term, shape) in enumerate(zip(terms, shapes)):
-            if "..." in term:
-                count = max(len(shape) - (len(term) - 3), 0)
-                longest = max(longest, count)
-                terms[i] = term.replace("...", "".join(fresh[len(fresh) - count :]) if count else "")
-    ellipsis = "".join(fresh[len(fresh) - longest :]) if longest else ""
-    if arrow:
-        output = rhs.replace("...", ellipsis)
-    else:
-        joined = "".join(terms)
-        singles = sorted(ch for ch in set(joined) if joined.count(ch) == 1 and ch not in ellipsis)
-        output = ellipsis + "".join(singles)
-    return terms, output
-
-
-def _size(indices: Iterable[str], sizes: dict[str, int]) -> int:
-    total = 1
-    for ch in indices:
-        total *= sizes[ch]
-    return total
-
-
-def _contract(positions: tuple, operands: list, output: set) -> tuple[list, set, set]:
-    """Contract the operands at ``positions``: (operands left, with the result appended last;
-    indices the contraction touches; indices it sums away)."""
-    touched: set = set()
-    kept = set(output)
-    left = []
-    for i, term in enumerate(operands):
-        if i in positions:
-            touched |= term
-        else:
-            left.append(term)
-            kept |= term
-    result = touched & kept
-    left.append(result)
-    return left, touched, touched - result
-
-
-def _contraction_cost(touched: set, summed: set, n_terms: int, sizes: dict[str, int]) -> int:
-    # numpy's estimate: every touched index combination, times (terms - 1), plus one for a sum
-    return _size(touched, sizes) * (max(1, n_terms - 1) + (1 if summed else 0))
-
-
-def _einsum_path_cost(
-    operands: list, output: set, terms: list, output_term: str, sizes: dict[str, int]
-) -> int:
-    """The cost numpy's ``einsum_path(optimize="optimal")`` reports, minus its ``+ 1``."""
-    n = len(operands)
-    indices = set().union(*operands)
-    if n <= 2 or indices == output:
-        path = [tuple(range(n))]
-    else:
-        memory_limit = max(_size(t, sizes) for t in [*terms, output_term])
-        path = _optimal_path(operands, output, sizes, memory_limit)
-    cost = 0
-    for positions in path:
-        operands, touched, summed = _contract(positions, operands, output)
-        cost += _contraction_cost(touched, summed, len(positions), sizes)
-    return cost
-
-
-def _optimal_path(operands: list, output: set, sizes: dict[str, int], memory_limit: int) -> list:
-    """Exhaustive search over pairwise contractions, as numpy's "optimal" does: a contraction
-    whose result exceeds ``memory_limit`` elements is not taken; the cheapest path wins (the
-    first found among equals); if no pair fits, the rest is contracted at once."""
-    candidates = [(0, [], operands)]
-    n = len(operands)
-    for step in range(n - 1):
-        extended = []
-        for cost, path, left in candidates:
-            for pair in itertools.combinations(range(n - step), 2):
-                after, touched, summed = _contract(pair, left, output)
-                if _size(after[-1], sizes) > memory_limit:
-                    continue
-                extended.append(
-                    (cost + _contraction_cost(touched, summed, 2, sizes), path + [pair], after)
-                )
-        if not extended:
-            best = min(candidates, key=lambda c: c[0])[1]
-            return best + [tuple(range(n - step))]
-        candidates = extended
-    return min(candidates, key=lambda c: c[0])[1]
-
-
-# ---------------------------------------------------------------------------------------------
 # convolution
 # ---------------------------------------------------------------------------------------------
 
 
-def _conv_macs(x_shape, w_shape, out_shape, transposed: bool) -> int:
-    # fvcore: batch * prod(weight) * prod(spatial), spatial of the output for a convolution and
-    # of the input for a transposed one; bias ignored.
-    spatial = (x_shape if transposed else out_shape)[2:]
-    return x_shape[0] * math.prod(w_shape) * math.prod(spatial)
-
-
 @register_formula([aten.convolution, aten._convolution], FVCORE)
 def _convolution(x, weight, bias, stride, padding, dilation, transposed, *args, out=None, **kwargs) -> int:
-    return _conv_macs(x.shape, weight.shape, out.shape, bool(transposed))
+    return conv_macs(x.shape, weight.shape, out.shape, bool(transposed))
 
 
 @register_formula(aten.convolution_backward, FVCORE)
@@ -260,7 +108,7 @@ def _convolution_backward(grad_out, x, weight, *args, out=None, **kwargs) -> int
     transposed = bool(_arg(args, kwargs, 4, "transposed"))
     mask = _arg(args, kwargs, 7, "output_mask")
     # grad_input and grad_weight each cost the forward convolution's multiply-adds
-    forward = _conv_macs(x.shape, weight.shape, grad_out.shape, transposed)
+    forward = conv_macs(x.shape, weight.shape, grad_out.shape, transposed)
     return forward * (int(bool(mask[0])) + int(bool(mask[1])))
 
 
@@ -456,23 +304,7 @@ def _dot(a, b, *args, out=None, **kwargs) -> int:
 @register_formula(aten._convolution_mode, FVCORE)
 def _convolution_mode(x, weight, *args, out=None, **kwargs) -> int:
     # conv with padding="same"/"valid": JIT records aten::_convolution_mode, which fvcore lacks
-    return _conv_macs(x.shape, weight.shape, out.shape, transposed=False)
-
-
-def _attention_macs(q_shape, k_shape, v_shape) -> int:
-    # q (..., Hq, L, E), k (..., Hk, S, E), v (..., Hk, S, Ev); grouped-query heads broadcast:
-    # scores q @ k^T cost L*S*E and weights @ v cost L*S*Ev per query head.
-    batch_heads = math.prod(q_shape[:-2])
-    length, embed = q_shape[-2], q_shape[-1]
-    return batch_heads * length * k_shape[-2] * (embed + v_shape[-1])
-
-
-def _attention_backward_macs(q_shape, k_shape, v_shape) -> int:
-    # as FlopCounterMode: the scores recomputed (L*S*E), grad of weights and of v (2*L*S*Ev),
-    # grad of q and of k (2*L*S*E)
-    batch_heads = math.prod(q_shape[:-2])
-    length, embed = q_shape[-2], q_shape[-1]
-    return batch_heads * length * k_shape[-2] * (3 * embed + 2 * v_shape[-1])
+    return conv_macs(x.shape, weight.shape, out.shape, transposed=False)
 
 
 _SDPA_FORWARD = [
@@ -497,12 +329,12 @@ _SDPA_BACKWARD = _ops(
 
 @register_formula(_SDPA_FORWARD, FVCORE)
 def _sdpa(q, k, v, *args, out=None, **kwargs) -> int:
-    return _attention_macs(q.shape, k.shape, v.shape)
+    return attention_macs(q.shape, k.shape, v.shape)
 
 
 @register_formula(_SDPA_BACKWARD, FVCORE)
 def _sdpa_backward(grad_out, q, k, v, *args, out=None, **kwargs) -> int:
-    return _attention_backward_macs(q.shape, k.shape, v.shape)
+    return attention_backward_macs(q.shape, k.shape, v.shape)
 
 
 def _blhe(shape) -> tuple:
@@ -522,27 +354,27 @@ def _fixed_length(cu_q, cu_k, op: str) -> None:
 @register_formula(_ops("_flash_attention_forward"), FVCORE)
 def _flash_attention_forward(q, k, v, cu_q=None, cu_k=None, *args, out=None, **kwargs) -> int:
     _fixed_length(cu_q, cu_k, "_flash_attention_forward")
-    return _attention_macs(_blhe(q.shape), _blhe(k.shape), _blhe(v.shape))
+    return attention_macs(_blhe(q.shape), _blhe(k.shape), _blhe(v.shape))
 
 
 @register_formula(_ops("_efficient_attention_forward"), FVCORE)
 def _efficient_attention_forward(q, k, v, bias=None, cu_q=None, cu_k=None, *args, out=None, **kwargs) -> int:
     _fixed_length(cu_q, cu_k, "_efficient_attention_forward")
-    return _attention_macs(_blhe(q.shape), _blhe(k.shape), _blhe(v.shape))
+    return attention_macs(_blhe(q.shape), _blhe(k.shape), _blhe(v.shape))
 
 
 @register_formula(_ops("_flash_attention_backward"), FVCORE)
 def _flash_attention_backward(grad_out, q, k, v, *args, out=None, **kwargs) -> int:
     if q.dim() != 4:  # packed variable-length layout (total_tokens, heads, embed)
         _fixed_length(True, True, "_flash_attention_backward")
-    return _attention_backward_macs(_blhe(q.shape), _blhe(k.shape), _blhe(v.shape))
+    return attention_backward_macs(_blhe(q.shape), _blhe(k.shape), _blhe(v.shape))
 
 
 @register_formula(_ops("_efficient_attention_backward"), FVCORE)
 def _efficient_attention_backward(grad_out, q, k, v, *args, out=None, **kwargs) -> int:
     _fixed_length(_arg(args, kwargs, 2, "cu_seqlens_q"), _arg(args, kwargs, 3, "cu_seqlens_k"),
                   "_efficient_attention_backward")
-    return _attention_backward_macs(_blhe(q.shape), _blhe(k.shape), _blhe(v.shape))
+    return attention_backward_macs(_blhe(q.shape), _blhe(k.shape), _blhe(v.shape))
 
 
 @register_formula(aten._native_multi_head_attention, FVCORE)
@@ -577,6 +409,15 @@ BEYOND_FVCORE: frozenset[str] = frozenset(
 )
 """Operator names (as in ``by_operator()``) that fvcore has no handle for but that are counted
 under ``convention="fvcore"`` because they are matmul-like work: fvcore's total lacks them."""
+
+
+def fvcore_name(operator: str) -> str:
+    """The name fvcore's ``by_operator()`` uses for a dispatchcount operator name."""
+    name = FVCORE_OP_NAMES.get(operator)
+    if name is not None:
+        return name
+    namespace, _, op = operator.partition(".")
+    return op if namespace == "aten" and op else operator
 
 
 def is_beyond_fvcore(operator: str) -> bool:
@@ -622,4 +463,4 @@ def _fvcore_resolver(op: torch._ops.OpOverload) -> Any:
     return None
 
 
-register_resolver(FVCORE, _fvcore_resolver)
+register_resolver(FVCORE, _fvcore_resolver, family="fvcore's default (aten ops without a handle are uncounted)")

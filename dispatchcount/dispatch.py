@@ -34,13 +34,26 @@ class CountingDispatch(TorchDispatchMode):
 
     supports_higher_order_operators = True
 
-    def __init__(self, rules: Any, records: Records, tracker: ModuleTracker, problems: Problems) -> None:
+    def __init__(
+        self,
+        rules: Any,
+        records: Records,
+        tracker: ModuleTracker,
+        problems: Problems,
+        meters: tuple = (),
+        timer: Any = None,
+    ) -> None:
         super().__init__()
         self.rules = rules.cache
         self.resolve = rules.resolve
         self.records = records
         self.tracker = tracker
         self.problems = problems
+        # Metrics beyond FLOPs: each meter is called as meter(slots, func, args, kwargs, out)
+        # after the op ran, and writes its slots; ``timer.run(func, args, kwargs)`` runs the op
+        # when time is measured. Without them, ops with a ZERO rule are not recorded at all.
+        self.meters = meters
+        self.timer = timer
 
     def rule(self, func: Any) -> Any:
         rule = self.rules.get(id(func))
@@ -52,7 +65,7 @@ class CountingDispatch(TorchDispatchMode):
         rule = self.rules.get(id(func))
         if rule is None:
             rule = self.resolve(func)
-        if rule is ZERO:
+        if rule is ZERO and not self.meters:
             return func(*args, **kwargs)
         if rule is DECOMPOSE:
             # Run the C++ CompositeImplicit kernel, as a plain run does. (func.decompose() would
@@ -62,25 +75,33 @@ class CountingDispatch(TorchDispatchMode):
                 return func._op_dk(_COMPOSITE_IMPLICIT, *args, **kwargs)
         if rule is UNSUPPORTED:
             self.problems.no_rule(func)
-            return func(*args, **kwargs)
-        if rule is HIGHER_ORDER:
+            if not self.meters:
+                return func(*args, **kwargs)
+        elif rule is HIGHER_ORDER:
             return self.run_higher_order(func, args, kwargs)
-        out = func(*args, **kwargs)
+        out = func(*args, **kwargs) if self.timer is None else self.timer.run(func, args, kwargs)
         self.charge(func, rule, args, kwargs, out)
         return out
 
     def charge(self, func: Any, rule: Any, args: tuple, kwargs: dict, out: Any) -> None:
         """Charge ``rule(*args, out=out, **kwargs)`` to the running module and phase as a call
-        of ``func``; a formula that fails goes to the problems sink."""
-        try:
-            if "out" in kwargs:  # an ``.out`` overload: its out= tensor is the result, passed once
-                kwargs = {k: v for k, v in kwargs.items() if k != "out"}
-            flops = rule(*args, out=out, **kwargs)
-            if type(flops) is not int:
-                flops = as_count(flops)
-        except Exception as error:
-            self.problems.formula_failed(func, error)
-            return
+        of ``func``; a formula that fails goes to the problems sink. ZERO and UNSUPPORTED rules
+        (charged only when meters record other metrics) cost 0 FLOPs."""
+        if rule is ZERO or rule is UNSUPPORTED:
+            flops = 0
+        else:
+            try:
+                formula_kwargs = kwargs
+                if "out" in kwargs:  # an ``.out`` overload: its out= tensor is the result, passed once
+                    formula_kwargs = {k: v for k, v in kwargs.items() if k != "out"}
+                flops = rule(*args, out=out, **formula_kwargs)
+                if type(flops) is not int:
+                    flops = as_count(flops)
+            except Exception as error:
+                self.problems.formula_failed(func, error)
+                if not self.meters:
+                    return
+                flops = 0
         node = _current_node()
         if node is None:
             frame, phase = self.tracker.current, FORWARD
@@ -94,6 +115,8 @@ class CountingDispatch(TorchDispatchMode):
             slots = self.records.new(key, func)
         slots[0] += flops
         slots[1] += 1
+        for meter in self.meters:
+            meter(slots, func, args, kwargs, out)
 
     def run_higher_order(self, func: Any, args: tuple, kwargs: dict) -> Any:
         """Run a higher-order op's body under this mode, so that the ops inside are counted."""

@@ -5,22 +5,25 @@ Resolvers are asked in registration order, so the order of the imports below is 
 which the families are asked about an op none of them names explicitly.
 """
 
-from dispatchcount.formulas import attention, conv, matmul, prim  # noqa: F401
-from dispatchcount.formulas import (  # noqa: F401
-    pointwise,
-    reduction,
-    norm,
-    pooling,
-    loss,
-    indexing,
-    sorting,
-    linalg,
+from dispatchcount.formulas import (  # noqa: F401  # noqa: F401
+    attention,
+    conv,
     fft,
+    indexing,
+    linalg,
+    loss,
+    matmul,
+    norm,
     optim,
-    rnn,
+    pointwise,
+    pooling,
+    prim,
     products,
-    sparse,
     quantization,
+    reduction,
+    rnn,
+    sorting,
+    sparse,
     torch_nn,
     zero,
 )

@@ -93,13 +93,7 @@ def add_factor(*tensors: Optional[Tensor]) -> int:
 
 def result_tensor(out: Any) -> Optional[Tensor]:
     """The op's (first) result tensor; None for ops that return nothing."""
-    if isinstance(out, Tensor):
-        return out
-    if isinstance(out, (tuple, list)):
-        for o in out:
-            if isinstance(o, Tensor):
-                return o
-    return None
+    return out if isinstance(out, Tensor) else first_tensor((out,))
 
 
 def first_tensor(args: tuple) -> Optional[Tensor]:

@@ -13,10 +13,7 @@ from __future__ import annotations
 from typing import Iterator, Optional, Sequence
 
 import torch
-from torch._higher_order_ops.flex_attention import (
-    flex_attention,
-    flex_attention_backward,
-)
+from torch._higher_order_ops.flex_attention import flex_attention, flex_attention_backward
 from torch._subclasses.fake_tensor import FakeTensor
 from torch._subclasses.functional_tensor import FunctionalTensor
 

@@ -14,12 +14,7 @@ from __future__ import annotations
 from math import log2
 from typing import Any
 
-from dispatchcount.formulas._helpers import (
-    Tensor,
-    fixed,
-    register_family,
-    result_tensor,
-)
+from dispatchcount.formulas._helpers import Tensor, fixed, register_family, result_tensor
 
 __all__ = ["fft_flops"]
 

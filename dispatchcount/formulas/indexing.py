@@ -12,14 +12,8 @@ from typing import Any, Callable
 
 from torch._ops import OpOverload
 
-from dispatchcount.formulas._helpers import (
-    add_factor,
-    arg_reader,
-    fixed,
-    mul_factor,
-    register_family,
-    result_tensor,
-)
+from dispatchcount.formulas._helpers import (add_factor, arg_reader, fixed, mul_factor, register_family,
+    result_tensor)
 
 __all__ = ["EMBEDDING_BAG_SUM", "EMBEDDING_BAG_MEAN", "EMBEDDING_BAG_MAX"]
 

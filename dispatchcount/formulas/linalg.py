@@ -24,13 +24,7 @@ from typing import Any, Callable
 import torch
 from torch._ops import OpOverload
 
-from dispatchcount.formulas._helpers import (
-    Tensor,
-    arg_reader,
-    fixed,
-    mul_factor,
-    register_family,
-)
+from dispatchcount.formulas._helpers import Tensor, arg_reader, fixed, mul_factor, register_family
 from dispatchcount.registry import register_formula
 
 __all__ = ["lu_flops", "qr_flops", "orgqr_flops", "svd_flops"]

@@ -22,13 +22,7 @@ from typing import Any, Callable, Optional
 import torch
 from torch._ops import OpOverload
 
-from dispatchcount.formulas._helpers import (
-    Tensor,
-    arg_reader,
-    fixed,
-    mul_factor,
-    register_family,
-)
+from dispatchcount.formulas._helpers import Tensor, arg_reader, fixed, mul_factor, register_family
 from dispatchcount.formulas.reduction import norm_cost
 from dispatchcount.registry import register_formula
 

@@ -20,20 +20,9 @@ from typing import Any, Callable, Optional
 
 from torch._ops import OpOverload
 
-from dispatchcount.formulas._helpers import (
-    COMPLEX_ADD,
-    COMPLEX_MUL,
-    dtype_factor,
-    first_tensor_list,
-    fixed,
-    register_family,
-    without_out_arguments,
-)
-from dispatchcount.formulas.pointwise import (
-    COMPLEX_ADDITIVE,
-    POINTWISE_FLOPS,
-    extra_term,
-)
+from dispatchcount.formulas._helpers import (COMPLEX_ADD, COMPLEX_MUL, dtype_factor, first_tensor_list,
+    fixed, register_family, without_out_arguments)
+from dispatchcount.formulas.pointwise import COMPLEX_ADDITIVE, POINTWISE_FLOPS, extra_term
 from dispatchcount.formulas.reduction import norm_cost
 from dispatchcount.registry import register_resolver
 

@@ -20,17 +20,8 @@ from typing import Any, Callable, Optional
 import torch
 from torch._ops import OpOverload
 
-from dispatchcount.formulas._helpers import (
-    COMPLEX_ADD,
-    COMPLEX_MUL,
-    Tensor,
-    arg_reader,
-    base_name,
-    first_tensor,
-    has_arg,
-    register_family,
-    result_tensor,
-)
+from dispatchcount.formulas._helpers import (COMPLEX_ADD, COMPLEX_MUL, Tensor, arg_reader, base_name,
+    first_tensor, has_arg, register_family, result_tensor)
 from dispatchcount.registry import register_formula
 
 __all__ = ["POINTWISE_FLOPS", "COMPLEX_ADDITIVE", "extra_term", "pointwise_formula"]

@@ -16,14 +16,8 @@ import torch
 from torch._ops import OpOverload
 
 from dispatchcount.formulas import matmul
-from dispatchcount.formulas._helpers import (
-    Tensor,
-    dtype_factor,
-    fixed,
-    macs_to_flops,
-    register_family,
-    result_tensor,
-)
+from dispatchcount.formulas._helpers import (Tensor, dtype_factor, fixed, macs_to_flops, register_family,
+    result_tensor)
 from dispatchcount.formulas.attention import attention_flops
 from dispatchcount.formulas.norm import normalize_forward_cost
 from dispatchcount.registry import register_formula

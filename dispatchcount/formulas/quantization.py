@@ -14,13 +14,7 @@ from typing import Any, Callable
 
 from torch._ops import OpOverload
 
-from dispatchcount.formulas._helpers import (
-    Tensor,
-    dtype_factor,
-    fixed,
-    register_family,
-    result_tensor,
-)
+from dispatchcount.formulas._helpers import Tensor, dtype_factor, fixed, register_family, result_tensor
 
 __all__ = ["QUANTIZATION_FLOPS"]
 

@@ -15,15 +15,8 @@ from typing import Any, Callable
 
 from torch._ops import OpOverload
 
-from dispatchcount.formulas._helpers import (
-    COMPLEX_ADD,
-    COMPLEX_MUL,
-    Tensor,
-    arg_reader,
-    dtype_factor,
-    register_family,
-    result_tensor,
-)
+from dispatchcount.formulas._helpers import (COMPLEX_ADD, COMPLEX_MUL, Tensor, arg_reader, dtype_factor,
+    register_family, result_tensor)
 
 __all__ = ["norm_cost", "REDUCTION_FLOPS"]
 

@@ -14,13 +14,7 @@ from typing import Any, Callable
 
 from torch._ops import OpOverload
 
-from dispatchcount.formulas._helpers import (
-    Tensor,
-    arg_reader,
-    dtype_factor,
-    fixed,
-    register_family,
-)
+from dispatchcount.formulas._helpers import Tensor, arg_reader, dtype_factor, fixed, register_family
 
 __all__ = ["sort_cost", "search_cost"]
 
@@ -71,35 +65,28 @@ def _nan_selection(self, *args, out=None, **kwargs):
     return _f(self) * 3 * self.numel()
 
 
-def _mode(op: OpOverload) -> Callable[..., int]:
-    read_dim = arg_reader(op, "dim", -1)
+def _sort_then_compare(default_dim: int) -> Callable[[OpOverload], Callable[..., int]]:
+    """mode (along ``dim``, default -1) and unique_dim (default 0): sort the slices along
+    ``dim`` (a comparison of two slices is counted at full slice length), then compare
+    neighbours to count runs."""
 
-    def mode_flops(self, *args, out=None, **kwargs):
-        # Sort each slice, then compare neighbours to count runs.
-        f = _f(self)
-        n = self.numel()
-        return f and f * (sort_cost(n, _dim_length(self, read_dim((self,) + args, kwargs))) + n)
+    def build(op: OpOverload) -> Callable[..., int]:
+        read_dim = arg_reader(op, "dim", default_dim)
 
-    return mode_flops
+        def sort_then_compare_flops(self, *args, out=None, **kwargs):
+            f = _f(self)
+            n = self.numel()
+            return f and f * (sort_cost(n, _dim_length(self, read_dim((self,) + args, kwargs))) + n)
+
+        return sort_then_compare_flops
+
+    return build
 
 
 def _unique(self, *args, out=None, **kwargs):
     # Sort everything, then compare neighbours.
     n = self.numel()
     return _f(self) * (sort_cost(n, n) + n)
-
-
-def _unique_dim(op: OpOverload) -> Callable[..., int]:
-    read_dim = arg_reader(op, "dim", 0)
-
-    def unique_dim_flops(self, *args, out=None, **kwargs):
-        # Sort the slices along ``dim`` lexicographically (each comparison of two slices is
-        # counted at full slice length), then compare neighbours.
-        f = _f(self)
-        n = self.numel()
-        return f and f * (sort_cost(n, _dim_length(self, read_dim((self,) + args, kwargs))) + n)
-
-    return unique_dim_flops
 
 
 def _unique_consecutive(self, *args, out=None, **kwargs):
@@ -189,10 +176,10 @@ FAMILY: dict[str, Callable[[OpOverload], Any]] = {
     "kthvalue": fixed(_selection),
     "median": fixed(_selection),
     "nanmedian": fixed(_nan_selection),
-    "mode": _mode,
+    "mode": _sort_then_compare(-1),
     "_unique": fixed(_unique),
     "_unique2": fixed(_unique),
-    "unique_dim": _unique_dim,
+    "unique_dim": _sort_then_compare(0),
     "unique_dim_consecutive": fixed(_unique_consecutive),
     "unique_consecutive": fixed(_unique_consecutive),
     "searchsorted": fixed(_searchsorted),

@@ -16,14 +16,8 @@ from typing import Any, Callable
 import torch
 from torch._ops import OpOverload
 
-from dispatchcount.formulas._helpers import (
-    Tensor,
-    arg_reader,
-    fixed,
-    mul_factor,
-    register_family,
-    result_tensor,
-)
+from dispatchcount.formulas._helpers import (Tensor, arg_reader, fixed, mul_factor, register_family,
+    result_tensor)
 
 __all__ = ["stored_values"]
 

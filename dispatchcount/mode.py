@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import warnings
+from pathlib import Path
 from typing import Any, Callable, Optional
 
 import torch
@@ -11,6 +13,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 import dispatchcount.formulas  # noqa: F401  (registers the built-in rules)
 from dispatchcount import report
+from dispatchcount.report_html import notebook_html, render_html
 from dispatchcount.registry import CONVENTIONS, DECOMPOSE, HIGHER_ORDER, UNSUPPORTED, ZERO, resolve, rule_cache
 from dispatchcount.tracker import Frame, ModuleTracker
 
@@ -199,6 +202,15 @@ class FlopMode:
     def to_dict(self) -> dict[str, Any]:
         """Everything above as a JSON-serializable dict."""
         return report.to_dict(self)
+
+    # -- HTML report (dispatchcount.report_html renders to_dict()) ------------------------
+
+    def to_html(self, path: str | os.PathLike) -> None:
+        """Write the self-contained HTML report (module icicle, operators, conventions) to ``path``."""
+        Path(path).write_text(render_html(self.to_dict()), encoding="utf-8")
+
+    def _repr_html_(self) -> str:
+        return notebook_html(self.to_dict())
 
     def _module_names(self) -> list[str]:
         names = [name for name, _ in self.model.named_modules()] if self.model is not None else [""]

@@ -59,9 +59,9 @@ _JSON_IN_SCRIPT = str.maketrans({"<": "\\u003c", ">": "\\u003e", "&": "\\u0026",
 
 def render_html(data: Mapping[str, Any], *, title: str | None = None) -> str:
     """The whole report as one HTML document (a str), from ``FlopMode.to_dict()``'s dict."""
-    data = _jsonable(data)
-    if not isinstance(data, dict):
+    if not isinstance(data, Mapping):
         raise TypeError(f"data must be a dict such as FlopMode.to_dict() returns, got {type(data).__name__}")
+    data = _jsonable(data)
     modules = _modules(data)
     convention = str(data.get("convention", ""))
     unit, _ = _CONVENTIONS.get(convention, ("FLOPs", ""))

@@ -68,7 +68,8 @@ def render_html(data: Mapping[str, Any], *, title: str | None = None) -> str:
     root_class = modules.get("", {}).get("class")
     heading = title or ("dispatchcount report" + (f": {root_class}" if root_class else ""))
     metrics = ["flops"] + [m for m in EXTRA_METRICS if any(m in entry for entry in modules.values())]
-    payload = {"data": data, "order": list(modules), "modules": modules, "unit": unit, "metrics": metrics}
+    rest = {key: value for key, value in data.items() if key != "modules"}  # modules: normalized, once
+    payload = {"data": rest, "order": list(modules), "modules": modules, "unit": unit, "metrics": metrics}
     body = "\n".join(part for part in (
         _header(data, heading),
         _device(data.get("device")),

@@ -12,12 +12,14 @@ import importlib
 import json
 import sys
 import traceback
+from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
 import torch
 
 from dispatchcount.mode import FlopMode
 from dispatchcount.registry import CONVENTIONS
+from dispatchcount import report_html
 
 _DTYPES = {
     "float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16,
@@ -75,6 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--backward", action="store_true", help="also count the backward of output.sum()")
     parser.add_argument("--train", action="store_true", help="count in train mode (default: eval)")
     parser.add_argument("--json", action="store_true", help="print the full report as JSON")
+    parser.add_argument("--html", metavar="PATH", help="also write the interactive HTML report to PATH")
     parser.add_argument("--traceback", action="store_true", help="show full tracebacks of errors")
     return parser
 
@@ -122,12 +125,21 @@ def count(args: argparse.Namespace) -> FlopMode:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        if args.html and not Path(args.html).resolve().parent.is_dir():
+            raise UserError(f"--html: the folder of {args.html!r} does not exist")
         mode = count(args)
     except UserError as error:
         if args.traceback:
             traceback.print_exc()
         print(f"dispatchcount: error: {error}", file=sys.stderr)
         return 1
+    if args.html:
+        try:
+            Path(args.html).write_text(report_html.page(mode.counts(), title=f"dispatchcount: {args.model}"), encoding="utf-8")
+        except OSError as error:
+            print(f"dispatchcount: error: --html: cannot write {args.html!r}: {error.strerror}", file=sys.stderr)
+            return 1
+        print(f"dispatchcount: HTML report written to {args.html}", file=sys.stderr)
     if args.json:
         print(json.dumps(mode.to_dict(), indent=2))
     else:

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import warnings
+from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Optional
 
 import torch
 
-from dispatchcount import report
+from dispatchcount import report, report_html
 from dispatchcount.problems import FormulaError, Problems, UnsupportedOperatorError
 from dispatchcount.records import RECORDABLE, Counts, Records, op_name, snapshot_rows
 from dispatchcount.registry import Formula, convention as find_convention
@@ -241,6 +243,13 @@ class FlopMode:
     def to_dict(self) -> dict[str, Any]:
         """Everything above as a JSON-serializable dict."""
         return report.to_dict(self.counts())
+
+    def to_html(self, path: str | os.PathLike) -> None:
+        """Write the self-contained HTML report (module icicle, operators, conventions) to ``path``."""
+        Path(path).write_text(report_html.page(self.counts()), encoding="utf-8")
+
+    def _repr_html_(self) -> str:
+        return report_html.notebook(self.counts())
 
 
 def count_flops(

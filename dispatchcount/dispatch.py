@@ -91,10 +91,12 @@ class CountingDispatch(TorchDispatchMode):
             flops = 0
         else:
             try:
-                formula_kwargs = kwargs
-                if "out" in kwargs:  # an ``.out`` overload: its out= tensor is the result, passed once
-                    formula_kwargs = {k: v for k, v in kwargs.items() if k != "out"}
-                flops = rule(*args, out=out, **formula_kwargs)
+                if not kwargs:  # the common case, and the cheapest call
+                    flops = rule(*args, out=out)
+                elif "out" in kwargs:  # an ``.out`` overload: its out= tensor is the result, passed once
+                    flops = rule(*args, out=out, **{k: v for k, v in kwargs.items() if k != "out"})
+                else:
+                    flops = rule(*args, out=out, **kwargs)
                 if type(flops) is not int:
                     flops = as_count(flops)
             except Exception as error:

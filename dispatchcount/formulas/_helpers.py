@@ -93,7 +93,13 @@ def add_factor(*tensors: Optional[Tensor]) -> int:
 
 def result_tensor(out: Any) -> Optional[Tensor]:
     """The op's (first) result tensor; None for ops that return nothing."""
-    return out if isinstance(out, Tensor) else first_tensor((out,))
+    if isinstance(out, Tensor):
+        return out
+    if isinstance(out, (tuple, list)):
+        for o in out:
+            if isinstance(o, Tensor):
+                return o
+    return None
 
 
 def first_tensor(args: tuple) -> Optional[Tensor]:

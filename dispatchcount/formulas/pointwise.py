@@ -142,6 +142,13 @@ Extra = Callable[[tuple, dict], int]
 
 
 def _scalar_not_one(op: OpOverload, name: str) -> Optional[Extra]:
+    if any(a.name == name and a.kwarg_only for a in op._schema.arguments):
+
+        def scalar_not_one(args: tuple, kwargs: dict) -> int:
+            return 0 if kwargs.get(name, 1) == 1 else 1
+
+        scalar_not_one.only_kwargs = True  # type: ignore[attr-defined]  (0 without keyword arguments)
+        return scalar_not_one
     read = arg_reader(op, name, 1)
     return lambda args, kwargs: 0 if read(args, kwargs) == 1 else 1
 
@@ -227,19 +234,26 @@ def pointwise_formula(name: str, op: OpOverload) -> Callable[..., int]:
     base = POINTWISE_FLOPS[name]
     complex_factor = COMPLEX_ADD if name in COMPLEX_ADDITIVE else COMPLEX_MUL
     extra = extra_term(name, op)
+    only_kwargs = getattr(extra, "only_kwargs", False)
 
     def pointwise_flops(*args: Any, out: Any = None, **kwargs: Any) -> int:
-        result = result_tensor(out)
-        operand = first_tensor(args)
+        # Runs for most ops of a model: the common case (a real floating result, a tensor first
+        # argument) takes no helper call.
+        result = out if isinstance(out, Tensor) else result_tensor(out)
+        operand = args[0] if args and isinstance(args[0], Tensor) else first_tensor(args)
         if result is None:
+            if operand is None:
+                return 0
             result = operand
-        if result is None:
-            return 0
-        factor = _factor(result, operand, complex_factor)
-        if not factor:
-            return 0
-        per_element = base if extra is None else base + extra(args, kwargs)
-        return factor * per_element * result.numel()
+        if result.dtype.is_floating_point and (operand is None or not operand.dtype.is_complex):
+            factor = 1
+        else:
+            factor = _factor(result, operand, complex_factor)
+            if not factor:
+                return 0
+        if extra is None or (only_kwargs and not kwargs):
+            return factor * base * result.numel()
+        return factor * (base + extra(args, kwargs)) * result.numel()
 
     return pointwise_flops
 

@@ -261,6 +261,8 @@ class _CountingDispatch(TorchDispatchMode):
             key = (self.tracker.current, func, FORWARD)
         else:
             frame, recompute = self.tracker.backward_frame(node)
+            if frame is None:  # a node another thread's forward built: neither phase is counted
+                return
             key = (frame, func, RECOMPUTE if recompute else BACKWARD)
         record = self.records.get(key)
         if record is None:

@@ -36,6 +36,7 @@ from torch.utils._pytree import tree_leaves
 
 _next_sequence_nr = torch._C._autograd._get_sequence_nr
 _current_node = torch._C._current_autograd_node
+_current_graph_task_id = torch._C._current_graph_task_id
 _get_ident = threading.get_ident
 # The saved-tensor hooks on top of this thread's stack; (pack, unpack) or None. Private, present
 # since torch 2.8; without it non-reentrant recomputation outside modules counts as backward.
@@ -237,9 +238,8 @@ class ModuleTracker:
                 self._model_modules[id(module)] = (module, name)
                 self.params[name] = sum(p.numel() for p in module.parameters())
         # Keys of this tracker's entries in node metadata (other trackers tag the same nodes).
-        self._graph_key = _GraphToken()
-        self._checkpoint_key = _GraphToken()
-        self._other_thread_key = _GraphToken()
+        # A checkpoint's node may also be an output's, holding the forward call's token.
+        self._graph_key, self._checkpoint_key, self._other_thread_key = object(), object(), object()
         self._reset()
         self._handles: list[Any] = []
 
@@ -247,11 +247,12 @@ class ModuleTracker:
         self._forward = _CallStack(self.root)
         self._recompute = _CallStack(self.root)
         self._index = _SegmentIndex()
-        self._untied: Optional[_Segment] = None  # the last call, if no graph could hold its token
+        self._untied: list[_Segment] = []  # calls since the last top-level one whose graph no token reached
         self._checkpoint: Optional[_Segment] = None  # a reentrant checkpoint recomputing now
         self._checkpoint_execution = (-1, -1)  # its node's sequence number and graph task
         self._last: tuple[int, Frame, bool] = (-1, self.root, False)  # seq, frame, checkpoint node
-        self._seq_mark = -1  # this thread's sequence number when the last new node was looked up
+        # This thread's sequence number and graph task when the last new node was looked up.
+        self._seq_mark = (-1, -1)
         self._other_threads = threading.local()  # calls in progress on each other thread
         self._other_graphs = False  # whether some node was marked as another thread's
         self.current = self.root
@@ -348,7 +349,7 @@ class ModuleTracker:
             return
         seq = _next_sequence_nr()
         segment.mark(seq, stack.top)
-        self._tie(segment, output, self._graph_key)
+        self._tie(segment, output)
         if not stack.entries and not segment.pinned:
             stack.open = None
             self._close(segment, seq, module)
@@ -356,14 +357,15 @@ class ModuleTracker:
     # -- segments --------------------------------------------------------------------------
 
     def _open(self, stack: _CallStack, seq: int, frame: Frame) -> None:
-        if self._untied is not None and stack is self._forward:  # kept until the next call
-            self._index.forget(self._untied)
-            self._untied = None
+        if self._untied and stack is self._forward:  # kept until the next call starts
+            for segment in self._untied:
+                self._index.forget(segment)
+            self._untied = []
         parent = self._forward.open if stack is self._recompute else None  # backward inside a forward
         stack.open = _Segment(seq, frame, parent)
         self._index.add(stack.open)
 
-    def _tie(self, segment: _Segment, output: Any, key: Any) -> None:
+    def _tie(self, segment: _Segment, output: Any) -> None:
         """Store ``segment``'s token in the nodes behind ``output`` that the call created."""
         for tensor in _tensors_in(output):
             node = tensor.grad_fn
@@ -372,18 +374,18 @@ class ModuleTracker:
                 if token is None:
                     token = segment.token = _GraphToken()
                     self._index.watch(segment, token)
-                node.metadata[key] = token
+                node.metadata[self._graph_key] = token
 
     def _close(self, segment: _Segment, seq: int, module: torch.nn.Module) -> None:
         segment.end = seq
         if segment.token is None and seq != segment.start:
             # No output of the call carries its graph: maybe the module kept it on itself.
-            self._tie(segment, [v for k, v in vars(module).items() if k != "_modules"], self._graph_key)
+            self._tie(segment, [v for k, v in vars(module).items() if k != "_modules"])
         if segment.token is None:
             if seq == segment.start:  # no node was created: nothing to run backward through
                 self._index.forget(segment)
             else:
-                self._untied = segment
+                self._untied.append(segment)
         segment.token = None  # from now on only the nodes hold it
 
     # -- reentrant checkpoints -------------------------------------------------------------
@@ -391,14 +393,17 @@ class ModuleTracker:
     def _begin_checkpoint(self, node: Any, seq: int) -> None:
         """``node``, a reentrant checkpoint's backward, starts recomputing: nodes built from
         now on are charged to the frame that called ``checkpoint``, until its nested backward."""
-        execution = (seq, torch._C._current_graph_task_id())
-        if execution == self._checkpoint_execution:
+        task = _current_graph_task_id()
+        if (seq, task) == self._checkpoint_execution:
             return  # this run of the node already began (its later ops, or a module it recomputes)
         self._end_checkpoint()
-        self._checkpoint_execution = execution
+        self._checkpoint_execution = (seq, task)
         found = self._index.find(seq)
         frame = found.frame_of(seq) if found is not None else self.root
-        start = max(self._seq_mark, self._index.last_start(), 0)  # before any node it builds
+        # The first sequence number it may have used: the one seen at the previous node of this
+        # backward (nodes built since, e.g. by views, which are not counted, are its own); else now.
+        mark, mark_task = self._seq_mark
+        start = max(mark if mark_task == task else _next_sequence_nr(), self._index.last_start())
         segment = _Segment(start, frame, self._forward.open)
         segment.pinned = True
         self._index.add(segment)
@@ -492,5 +497,5 @@ class ModuleTracker:
         segment = self._index.find(seq)
         last = self._last = (seq, segment.frame_of(seq) if segment is not None else self.root, is_checkpoint)
         if on_thread:
-            self._seq_mark = _next_sequence_nr()
+            self._seq_mark = (_next_sequence_nr(), _current_graph_task_id())
         return last

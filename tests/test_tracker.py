@@ -14,22 +14,13 @@ from torch.utils.checkpoint import checkpoint
 
 from dispatchcount import FlopMode
 from dispatchcount.tracker import Frame, _Segment, _SegmentIndex
+from test_reliability import Two  # a(8 -> 8) then b(8 -> 8), no bias
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def mm(rows, n):
     return 2 * rows * n * n
-
-
-class Two(nn.Module):
-    def __init__(self, n=8):
-        super().__init__()
-        self.a = nn.Linear(n, n, bias=False)
-        self.b = nn.Linear(n, n, bias=False)
-
-    def forward(self, x):
-        return self.b(self.a(x))
 
 
 def backward_mm(mode):

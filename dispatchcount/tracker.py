@@ -367,7 +367,7 @@ class ModuleTracker:
 
     def _tie(self, segment: _Segment, output: Any) -> None:
         """Store ``segment``'s token in the nodes behind ``output`` that the call created."""
-        for tensor in _tensors_in(output):
+        for tensor in (output,) if type(output) is torch.Tensor else _tensors_in(output):
             node = tensor.grad_fn
             if node is not None and node._sequence_nr() >= segment.start:
                 token = segment.token
@@ -475,17 +475,18 @@ class ModuleTracker:
         """
         if self._other_graphs and self._other_thread_key in node.metadata:
             return None, False
-        on_thread = _get_ident() == self._thread
-        if self._recompute.entries and on_thread:
+        if self._recompute.entries and _get_ident() == self._thread:
             return self._recompute.top, True
         seq = node._sequence_nr()
         last = self._last  # several ops usually run for one node: remember the last answer
         if last[0] != seq:
-            last = self._look_up(node, seq, on_thread)
+            last = self._look_up(node, seq, _get_ident() == self._thread)
         if last[2]:
             return last[1], True
         hooks = _top_saved_tensors_hooks(False)
-        return last[1], hooks is not None and hooks[0].__qualname__.startswith(_RECOMPUTATION_HOOKS)
+        if hooks is None:
+            return last[1], False
+        return last[1], getattr(hooks[0], "__qualname__", "").startswith(_RECOMPUTATION_HOOKS)
 
     def _look_up(self, node: Any, seq: int, on_thread: bool) -> tuple[int, Frame, bool]:
         checkpoint = self._checkpoint

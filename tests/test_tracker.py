@@ -300,3 +300,18 @@ def test_a_flopmode_entered_inside_a_checkpointed_function_counts_its_rerun_as_r
     recomputed = one if not reentrant else 2 * one  # as in the test above
     assert rerun.total("forward") == 0
     assert rerun.by_operator("recompute") == rerun.by_operator("backward") == {"aten.mm": recomputed}
+
+
+def test_the_users_saved_tensor_hooks_are_not_taken_for_recomputation():
+    class Keep:  # a callable object, not a function: it has no __qualname__
+        def __call__(self, tensor):
+            return tensor
+
+    model = Two()
+    x = torch.randn(5, 8)
+    with FlopMode(model) as mode, torch.autograd.graph.saved_tensors_hooks(Keep(), Keep()):
+        model(x).sum().backward()
+    one = mm(5, 8)
+    assert mode.by_operator("forward") == {"aten.mm": 2 * one, "aten.sum": 5 * 8}
+    assert backward_mm(mode) == {"": 3 * one, "a": one, "b": 2 * one}  # a: weight gradient only
+    assert mode.total("recompute") == 0

@@ -109,6 +109,8 @@ class CountingDispatch(TorchDispatchMode):
             frame, phase = self.tracker.current, FORWARD
         else:
             frame, recompute = self.tracker.backward_frame(node)
+            if frame is None:  # a node another thread's forward built: neither phase is counted
+                return
             phase = RECOMPUTE if recompute else BACKWARD
         dtype = out.dtype if type(out) is _Tensor else _dtype_of(out, args)
         key = (frame, id(func), phase, dtype)

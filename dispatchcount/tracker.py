@@ -4,15 +4,23 @@ Forward: global module hooks push and pop a ``Frame`` (the module's call path) o
 only the thread owning the counter moves. Ops take the top frame.
 
 Backward: each autograd node carries the sequence number it was created with, and sequence
-numbers grow monotonically on the forward thread. While a top-level module call runs, the
-tracker records at which sequence number each frame became current; an op executed for a node
-is charged to the frame that was current when the node was created. The record of one
-top-level call (a ``_Segment``) lives as long as the autograd graph it built: a token stored in
-the metadata of the output's ``grad_fn`` drops it when the graph is freed, so a long training
-loop keeps constant memory.
+numbers grow monotonically on each thread. While a top-level module call runs, the tracker
+records at which sequence number each frame became current (a ``_Segment``); an op executed for
+a node is charged to the frame that was current when the node was created. Segments are kept
+sorted by their first sequence number, so a lookup is a binary search whatever the number of
+live calls. A segment lives as long as the autograd graph it built: a token stored in the
+metadata of the ``grad_fn`` of every module output of the call marks it dead when the last of
+those nodes is freed, and dead segments are dropped in amortized constant time, so a long
+training loop keeps constant memory.
 
-Modules entered while a backward node runs are activation-checkpointing recomputation: they are
-tracked on their own stack, by qualified name.
+Recomputation (activation checkpointing) is told apart from backward: ops run inside a
+reentrant checkpoint's backward node or under non-reentrant checkpoint's recomputation hook,
+and modules entered while a backward node runs. Nodes built while a reentrant checkpoint
+recomputes are charged to the frame that called ``checkpoint``, or to the module recomputed.
+
+Other threads: a counter counts its own thread's program. Their forward is invisible to it
+(dispatch modes are thread-local), so the graph a module call builds on another thread is
+marked in its nodes' metadata, and their backward is not counted either.
 """
 
 from __future__ import annotations
@@ -20,7 +28,7 @@ from __future__ import annotations
 import threading
 import weakref
 from bisect import bisect_right
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 import torch
 from torch.nn.modules.module import register_module_forward_hook, register_module_forward_pre_hook
@@ -28,6 +36,16 @@ from torch.utils._pytree import tree_leaves
 
 _next_sequence_nr = torch._C._autograd._get_sequence_nr
 _current_node = torch._C._current_autograd_node
+_current_graph_task_id = torch._C._current_graph_task_id
+_get_ident = threading.get_ident
+# The saved-tensor hooks on top of this thread's stack; (pack, unpack) or None. Private, present
+# since torch 2.8; without it non-reentrant recomputation outside modules counts as backward.
+_top_saved_tensors_hooks = getattr(torch._C._autograd, "_top_saved_tensors_default_hooks", lambda _: None)
+# torch.utils.checkpoint (use_reentrant=False) recomputes under these saved-tensor hooks.
+_RECOMPUTATION_HOOKS = "_recomputation_hook."
+# The backward node of torch.utils.checkpoint's reentrant CheckpointFunction (and of DeepSpeed's,
+# Megatron's and fairscale's, which share the name): it recomputes, then runs a nested backward.
+_REENTRANT_CHECKPOINT = "CheckpointFunctionBackward"
 
 
 class Frame:
@@ -71,17 +89,30 @@ def _enclosing_names(parent: Optional[str], name: str) -> list[str]:
     return [prefix + ".".join(parts[: i + 1]) for i in range(len(parts))]
 
 
+# -- segments ------------------------------------------------------------------------------
+
+
+class _GraphToken:
+    """Stored in the metadata of the nodes a call created; its death frees the segment."""
+
+    __slots__ = ("__weakref__",)
+
+
 class _Segment:
     """Sequence numbers at which the current frame changed during one top-level module call."""
 
-    __slots__ = ("seqs", "frames", "end", "alive", "finalizer")
+    __slots__ = ("start", "seqs", "frames", "end", "parent", "alive", "token", "watch", "pinned")
 
-    def __init__(self, seq: int, frame: Frame) -> None:
+    def __init__(self, seq: int, frame: Frame, parent: Optional["_Segment"]) -> None:
+        self.start = seq
         self.seqs = [seq]
         self.frames = [frame]
         self.end: Optional[int] = None  # exclusive; None while the call runs
+        self.parent = parent  # the segment still open when this one opened (it encloses this one)
         self.alive = True
-        self.finalizer: Optional[weakref.finalize] = None
+        self.token: Optional[_GraphToken] = None  # held only while the call runs
+        self.watch: Optional[_Watch] = None
+        self.pinned = False  # a reentrant checkpoint's recomputation: module calls do not close it
 
     def mark(self, seq: int, frame: Frame) -> None:
         if self.seqs[-1] == seq:  # no node was created since the last change
@@ -94,14 +125,65 @@ class _Segment:
         return self.frames[bisect_right(self.seqs, seq) - 1]
 
 
-class _GraphToken:
-    """Lives in ``grad_fn.metadata`` of a call's outputs; its death frees the segment."""
+class _Watch(weakref.ref):
+    """A weak reference to a segment's token that marks the segment dead when the token dies."""
 
-    __slots__ = ("__weakref__",)
+    __slots__ = ("segment",)
 
 
-def _forget(segment: _Segment) -> None:
-    segment.alive = False
+class _SegmentIndex:
+    """Segments by first sequence number: binary-search lookups, dead ones dropped lazily.
+
+    Segments are added in the order their calls start, on one thread, so their first sequence
+    numbers never decrease. A segment marked dead stays in the lists until dead segments are
+    half of them; then one pass drops them all (amortized O(1) per segment).
+    """
+
+    def __init__(self) -> None:
+        # One tuple, replaced as a whole: a reader on an autograd device thread always sees a
+        # consistent pair.
+        self.lists: tuple[list[int], list[_Segment]] = ([], [])
+        self.dead = 0
+
+    def add(self, segment: _Segment) -> None:
+        starts, segments = self.lists
+        if self.dead and 2 * self.dead >= len(segments):
+            segments = [s for s in segments if s.alive]
+            starts = [s.start for s in segments]
+            self.lists, self.dead = (starts, segments), 0
+        starts.append(segment.start)
+        segments.append(segment)
+
+    def last_start(self) -> int:
+        starts = self.lists[0]
+        return starts[-1] if starts else -1
+
+    def find(self, seq: int) -> Optional[_Segment]:
+        """The innermost live segment whose range holds ``seq``."""
+        starts, segments = self.lists
+        i = bisect_right(starts, seq) - 1
+        segment = segments[i] if i >= 0 else None
+        while segment is not None:  # every enclosing segment starts before ``segment``
+            end = segment.end
+            if end is None or seq < end:
+                return segment if segment.alive else None
+            segment = segment.parent
+        return None
+
+    def watch(self, segment: _Segment, token: _GraphToken) -> None:
+        watch = segment.watch = _Watch(token, self._token_died)
+        watch.segment = segment
+
+    def forget(self, segment: _Segment) -> None:
+        if segment.alive:
+            segment.alive = False
+            self.dead += 1
+
+    def _token_died(self, watch: _Watch) -> None:
+        self.forget(watch.segment)
+
+    def segments(self) -> list[_Segment]:
+        return self.lists[1]
 
 
 class _CallStack:
@@ -122,6 +204,20 @@ class _CallStack:
         return any(m is module for m, _ in self.entries)
 
 
+def _tensors_in(obj: Any) -> Iterator[torch.Tensor]:
+    """The tensors of a module's output: pytree leaves, and the attributes of other objects."""
+    if isinstance(obj, torch.Tensor):
+        yield obj
+        return
+    for leaf in tree_leaves(obj):
+        if isinstance(leaf, torch.Tensor):
+            yield leaf
+        elif hasattr(leaf, "__dict__") and not isinstance(leaf, (type, torch.nn.Module)):
+            for value in tree_leaves(list(vars(leaf).values())):  # one level into the object
+                if isinstance(value, torch.Tensor):
+                    yield value
+
+
 class ModuleTracker:
     """Tracks the running module for one counter on one thread.
 
@@ -130,7 +226,6 @@ class ModuleTracker:
     """
 
     def __init__(self, model: Optional[torch.nn.Module] = None) -> None:
-        self.model = model
         self.root = Frame("", None)
         self.current = self.root  # the forward's innermost frame: read for every op
         self.names: "weakref.WeakKeyDictionary[torch.nn.Module, str]" = weakref.WeakKeyDictionary()
@@ -142,17 +237,31 @@ class ModuleTracker:
             for name, module in model.named_modules():
                 self._model_modules[id(module)] = (module, name)
                 self.params[name] = sum(p.numel() for p in module.parameters())
+        # Keys of this tracker's entries in node metadata (other trackers tag the same nodes).
+        # A checkpoint's node may also be an output's, holding the forward call's token.
+        self._graph_key, self._checkpoint_key, self._other_thread_key = object(), object(), object()
+        self._reset()
+        self._handles: list[Any] = []
+
+    def _reset(self) -> None:
         self._forward = _CallStack(self.root)
         self._recompute = _CallStack(self.root)
-        self._segments: list[_Segment] = []
-        self._last_seq, self._last_frame = -1, self.root
+        self._index = _SegmentIndex()
+        self._untied: list[_Segment] = []  # calls since the last top-level one whose graph no token reached
+        self._checkpoint: Optional[_Segment] = None  # a reentrant checkpoint recomputing now
+        self._checkpoint_execution = (-1, -1)  # its node's sequence number and graph task
+        self._last: tuple[int, Frame, bool] = (-1, self.root, False)  # seq, frame, checkpoint node
+        # This thread's sequence number and graph task when the last new node was looked up.
+        self._seq_mark = (-1, -1)
+        self._other_threads = threading.local()  # calls in progress on each other thread
+        self._other_graphs = False  # whether some node was marked as another thread's
+        self.current = self.root
         self._thread: Optional[int] = None
-        self._handles: list[Any] = []
 
     # -- lifecycle -------------------------------------------------------------------------
 
     def start(self) -> None:
-        self._thread = threading.get_ident()
+        self._thread = _get_ident()
         self._handles = [
             register_module_forward_pre_hook(self._pre_hook),
             register_module_forward_hook(self._post_hook, always_call=True),
@@ -162,14 +271,9 @@ class ModuleTracker:
         for handle in self._handles:
             handle.remove()
         self._handles = []
-        for segment in self._segments:
-            if segment.finalizer is not None:
-                segment.finalizer.detach()
-        self._segments = []
-        self._forward = _CallStack(self.root)
-        self._recompute = _CallStack(self.root)
-        self.current = self.root
-        self._thread = None
+        for segment in self._index.segments():
+            segment.watch = None  # the tokens still in nodes no longer call back
+        self._reset()
 
     # -- names -----------------------------------------------------------------------------
 
@@ -200,10 +304,18 @@ class ModuleTracker:
     # -- hooks -----------------------------------------------------------------------------
 
     def _pre_hook(self, module: torch.nn.Module, args: Any) -> None:
-        if threading.get_ident() != self._thread:
+        if _get_ident() != self._thread:
+            self._other_thread_pre_hook(module, args)
             return
-        # A module entered while an autograd node runs is recomputation (checkpointing).
-        stack = self._recompute if _current_node() is not None else self._forward
+        node = _current_node()
+        if node is None:
+            stack = self._forward
+            if self._checkpoint is not None:  # the backward that recomputed is over
+                self._end_checkpoint()
+        else:  # a module entered while an autograd node runs is recomputation (checkpointing)
+            stack = self._recompute
+            if type(node).__name__ == _REENTRANT_CHECKPOINT:
+                self._begin_checkpoint(node, node._sequence_nr())
         name = self.name_of(module, stack)
         frame = stack.top.child(name)
         stack.entries.append((module, frame))
@@ -212,14 +324,13 @@ class ModuleTracker:
             self.calls[name] = self.calls.get(name, 0) + 1
         seq = _next_sequence_nr()
         if stack.open is None:
-            self._prune()
-            stack.open = _Segment(seq, frame)
-            self._segments.append(stack.open)
+            self._open(stack, seq, frame)
         else:
             stack.open.mark(seq, frame)
 
     def _post_hook(self, module: torch.nn.Module, args: Any, output: Any) -> None:
-        if threading.get_ident() != self._thread:
+        if _get_ident() != self._thread:
+            self._other_thread_post_hook(module, output)
             return
         if self._recompute.entries and self._recompute.holds(module):
             stack = self._recompute
@@ -238,49 +349,154 @@ class ModuleTracker:
             return
         seq = _next_sequence_nr()
         segment.mark(seq, stack.top)
-        if not stack.entries:
+        self._tie(segment, output)
+        if not stack.entries and not segment.pinned:
             stack.open = None
-            self._close(segment, seq, output)
+            self._close(segment, seq, module)
 
     # -- segments --------------------------------------------------------------------------
 
-    def _close(self, segment: _Segment, seq: int, output: Any) -> None:
-        segment.end = seq
-        self._last_seq = -1
-        grad_fns = [
-            t.grad_fn for t in tree_leaves(output) if isinstance(t, torch.Tensor) and t.grad_fn is not None
-        ]
-        if segment.seqs[0] == seq or not grad_fns:
-            segment.alive = False  # no graph to run backward through
-            return
-        token = _GraphToken()
-        for grad_fn in grad_fns:
-            grad_fn.metadata[_GraphToken] = token
-        segment.finalizer = weakref.finalize(token, _forget, segment)
-        segment.finalizer.atexit = False
+    def _open(self, stack: _CallStack, seq: int, frame: Frame) -> None:
+        if self._untied and stack is self._forward:  # kept until the next call starts
+            for segment in self._untied:
+                self._index.forget(segment)
+            self._untied = []
+        parent = self._forward.open if stack is self._recompute else None  # backward inside a forward
+        stack.open = _Segment(seq, frame, parent)
+        self._index.add(stack.open)
 
-    def _prune(self) -> None:
-        self._last_seq = -1
-        if any(not s.alive for s in self._segments):
-            self._segments = [s for s in self._segments if s.alive]
+    def _tie(self, segment: _Segment, output: Any) -> None:
+        """Store ``segment``'s token in the nodes behind ``output`` that the call created."""
+        for tensor in (output,) if type(output) is torch.Tensor else _tensors_in(output):
+            node = tensor.grad_fn
+            if node is not None and node._sequence_nr() >= segment.start:
+                token = segment.token
+                if token is None:
+                    token = segment.token = _GraphToken()
+                    self._index.watch(segment, token)
+                node.metadata[self._graph_key] = token
+
+    def _close(self, segment: _Segment, seq: int, module: torch.nn.Module) -> None:
+        segment.end = seq
+        if segment.token is None and seq != segment.start:
+            # No output of the call carries its graph: maybe the module kept it on itself.
+            self._tie(segment, [v for k, v in vars(module).items() if k != "_modules"])
+        if segment.token is None:
+            if seq == segment.start:  # no node was created: nothing to run backward through
+                self._index.forget(segment)
+            else:
+                self._untied.append(segment)
+        segment.token = None  # from now on only the nodes hold it
+
+    # -- reentrant checkpoints -------------------------------------------------------------
+
+    def _begin_checkpoint(self, node: Any, seq: int) -> None:
+        """``node``, a reentrant checkpoint's backward, starts recomputing: nodes built from
+        now on are charged to the frame that called ``checkpoint``, until its nested backward."""
+        task = _current_graph_task_id()
+        if (seq, task) == self._checkpoint_execution:
+            return  # this run of the node already began (its later ops, or a module it recomputes)
+        self._end_checkpoint()
+        self._checkpoint_execution = (seq, task)
+        found = self._index.find(seq)
+        frame = found.frame_of(seq) if found is not None else self.root
+        # The first sequence number it may have used: the one seen at the previous node of this
+        # backward (nodes built since, e.g. by views, which are not counted, are its own); else now.
+        mark, mark_task = self._seq_mark
+        start = max(mark if mark_task == task else _next_sequence_nr(), self._index.last_start())
+        segment = _Segment(start, frame, self._forward.open)
+        segment.pinned = True
+        self._index.add(segment)
+        self._checkpoint = segment
+        self._recompute.open, self._recompute.base = segment, frame
+        token = _GraphToken()  # lives as long as the checkpoint's node
+        self._index.watch(segment, token)
+        node.metadata[self._checkpoint_key] = segment.token = token
+
+    def _end_checkpoint(self) -> None:
+        segment, self._checkpoint = self._checkpoint, None
+        if segment is None:
+            return
+        segment.end = _next_sequence_nr()
+        segment.token = None
+        if self._recompute.open is segment:
+            self._recompute.open = None
+        self._recompute.base = self.root
+
+    # -- other threads ---------------------------------------------------------------------
+
+    def _other_thread_pre_hook(self, module: torch.nn.Module, args: Any) -> None:
+        if _current_node() is not None:  # an autograd engine thread, running some backward
+            return
+        state = self._other_threads
+        calls = getattr(state, "calls", None)
+        if calls is None:
+            calls = state.calls = []
+        if not calls:
+            state.start = _next_sequence_nr()  # this thread's own sequence numbers
+            state.inputs = [t.grad_fn for t in _tensors_in(args) if t.grad_fn is not None]
+        calls.append(module)
+
+    def _other_thread_post_hook(self, module: torch.nn.Module, output: Any) -> None:
+        state = self._other_threads
+        calls = getattr(state, "calls", None)
+        if not calls or not any(m is module for m in calls):
+            return
+        while calls:
+            if calls.pop() is module:
+                break
+        if not calls:
+            self._disown(output, state.start, _next_sequence_nr(), state.inputs)
+            state.inputs = []
+
+    def _disown(self, output: Any, start: int, end: int, inputs: list[Any]) -> None:
+        """Mark the nodes a call on another thread created, reachable from its output."""
+        stop = {id(node) for node in inputs}
+        pending = [t.grad_fn for t in _tensors_in(output) if t.grad_fn is not None]
+        seen: set[int] = set()
+        while pending:
+            node = pending.pop()
+            if node is None or id(node) in seen or id(node) in stop:
+                continue
+            seen.add(id(node))
+            if not start <= node._sequence_nr() < end:
+                continue
+            node.metadata[self._other_thread_key] = True
+            self._other_graphs = True
+            pending.extend(next_node for next_node, _ in node.next_functions)
 
     # -- queries (hot path) ----------------------------------------------------------------
 
-    def backward_frame(self, node: Any) -> tuple[Frame, bool]:
-        """The frame an op run for autograd ``node`` is charged to, and whether it recomputes."""
-        if self._recompute.entries and threading.get_ident() == self._thread:
+    def backward_frame(self, node: Any) -> tuple[Optional[Frame], bool]:
+        """The frame an op run for autograd ``node`` is charged to, and whether it recomputes.
+
+        ``(None, False)``: ``node`` was built by another thread's module call, whose forward
+        was not counted; neither is this op.
+        """
+        if self._other_graphs and self._other_thread_key in node.metadata:
+            return None, False
+        if self._recompute.entries and _get_ident() == self._thread:
             return self._recompute.top, True
         seq = node._sequence_nr()
-        frame = self._last_frame if seq == self._last_seq else self._find_frame(seq)
-        return frame, False
+        last = self._last  # several ops usually run for one node: remember the last answer
+        if last[0] != seq:
+            last = self._look_up(node, seq, _get_ident() == self._thread)
+        if last[2]:
+            return last[1], True
+        hooks = _top_saved_tensors_hooks(False)
+        if hooks is None:
+            return last[1], False
+        return last[1], getattr(hooks[0], "__qualname__", "").startswith(_RECOMPUTATION_HOOKS)
 
-    def _find_frame(self, seq: int) -> Frame:
-        # Several ops usually run for one node: remember the last answer.
-        frame = self.root
-        for segment in self._segments:
-            end = segment.end
-            if segment.seqs[0] <= seq and (end is None or seq < end):
-                frame = segment.frame_of(seq)
-                break
-        self._last_seq, self._last_frame = seq, frame
-        return frame
+    def _look_up(self, node: Any, seq: int, on_thread: bool) -> tuple[int, Frame, bool]:
+        checkpoint = self._checkpoint
+        if on_thread and checkpoint is not None and seq >= checkpoint.start:
+            self._end_checkpoint()  # a node the recomputation built runs: its nested backward began
+        is_checkpoint = type(node).__name__ == _REENTRANT_CHECKPOINT
+        if is_checkpoint and on_thread:
+            self._begin_checkpoint(node, seq)
+        segment = self._index.find(seq)
+        last = self._last = (seq, segment.frame_of(seq) if segment is not None else self.root, is_checkpoint)
+        if on_thread:
+            self._seq_mark = (_next_sequence_nr(), _current_graph_task_id())
+        return last

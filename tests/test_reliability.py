@@ -363,7 +363,7 @@ def test_long_training_loop_keeps_the_counters_memory_constant():
         end = tracemalloc.take_snapshot().filter_traces(ours)
         tracemalloc.stop()
         grown = sum(stat.size_diff for stat in end.compare_to(start, "filename"))
-        records, segments = len(mode.counts().rows), len(mode._tracker._segments)
+        records, segments = len(mode.counts().rows), len(mode._tracker._index.segments())
     assert mode.module_calls()["a"] == 10_000
     assert mode.by_operator(phase="forward")["aten.mm"] == 10_000 * 2 * mm_flops(2, 4, 4)
     assert segments <= 2  # only graphs still alive are remembered

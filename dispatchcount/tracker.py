@@ -187,21 +187,38 @@ class _SegmentIndex:
 
 
 class _CallStack:
-    """Module calls in progress in one context: the forward, or a recomputation in backward."""
+    """Module calls in progress in one context: the forward, or a recomputation in backward.
 
-    __slots__ = ("base", "entries", "open")
+    ``top`` is the innermost frame (``base`` when no call is in progress); it is kept as a plain
+    attribute because every module call and every op reads it.
+    """
+
+    __slots__ = ("base", "entries", "open", "top")
 
     def __init__(self, base: Frame) -> None:
         self.base = base
         self.entries: list[tuple[torch.nn.Module, Frame]] = []
         self.open: Optional[_Segment] = None  # the segment of the outermost call in progress
+        self.top = base
 
-    @property
-    def top(self) -> Frame:
-        return self.entries[-1][1] if self.entries else self.base
+    def push(self, module: torch.nn.Module, frame: Frame) -> None:
+        self.entries.append((module, frame))
+        self.top = frame
+
+    def pop_to(self, module: torch.nn.Module) -> None:
+        """Pop calls down to and including ``module``'s (also those an exception cut short)."""
+        entries = self.entries
+        while entries:
+            popped, _ = entries.pop()
+            if popped is module:
+                break
+        self.top = entries[-1][1] if entries else self.base
 
     def holds(self, module: torch.nn.Module) -> bool:
-        return any(m is module for m, _ in self.entries)
+        entries = self.entries
+        if entries and entries[-1][0] is module:  # the common case: the innermost call returns
+            return True
+        return any(m is module for m, _ in entries)
 
 
 def _tensors_in(obj: Any) -> Iterator[torch.Tensor]:
@@ -317,8 +334,9 @@ class ModuleTracker:
             if type(node).__name__ == _REENTRANT_CHECKPOINT:
                 self._begin_checkpoint(node, node._sequence_nr())
         name = self.name_of(module, stack)
-        frame = stack.top.child(name)
-        stack.entries.append((module, frame))
+        top = stack.top
+        frame = top.children.get(name) or top.child(name)
+        stack.push(module, frame)
         if stack is self._forward:
             self.current = frame
             self.calls[name] = self.calls.get(name, 0) + 1
@@ -338,10 +356,7 @@ class ModuleTracker:
             stack = self._forward
         else:
             return
-        while stack.entries:  # also unwinds calls an exception cut short
-            popped, _ = stack.entries.pop()
-            if popped is module:
-                break
+        stack.pop_to(module)
         if stack is self._forward:
             self.current = stack.top
         segment = stack.open

@@ -14,7 +14,7 @@ from dispatchcount import report, report_html
 from dispatchcount.problems import FormulaError, Problems, UnsupportedOperatorError
 from dispatchcount.records import RECORDABLE, Counts, Records, op_name, snapshot_rows
 from dispatchcount.registry import Formula, convention as find_convention
-from dispatchcount.tracker import ModuleTracker
+from dispatchcount.tracker import ModuleTracker, module_index
 
 __all__ = ["FlopMode", "count_flops", "UnsupportedOperatorError", "FormulaError"]
 
@@ -65,7 +65,8 @@ class FlopMode:
         self._rules = table.overlay(formulas) if formulas else table
         self._records = Records()
         self._problems = Problems(convention, strict)
-        self._tracker = ModuleTracker(model)
+        self._modules = module_index(model)  # built once, shared by every with block's tracker
+        self._tracker = ModuleTracker(model, self._modules)
         self._hook: Any = None
         self._snapshot: Optional[Counts] = None
 
@@ -77,7 +78,7 @@ class FlopMode:
         self._records.clear()
         self._problems.clear()
         self._snapshot = None
-        self._tracker = ModuleTracker(self.model)
+        self._tracker = ModuleTracker(self.model, self._modules)
         self._tracker.start()
         hook_class = self._convention.hook_class()
         self._hook = hook_class(self._rules, self._records, self._tracker, self._problems)
@@ -113,9 +114,9 @@ class FlopMode:
             self._records.switch(previous)
 
     def _warn_uncounted(self) -> None:
-        uncounted = self.unsupported_ops()
-        if not uncounted:
+        if not (self._problems.unsupported or self._problems.errors):
             return
+        uncounted = self.unsupported_ops()
         errors = self.formula_errors()
         parts = [f"{op} ({calls} calls{'; formula raised ' + errors[op] if op in errors else ''})"
                  for op, calls in uncounted.items()]
@@ -140,12 +141,13 @@ class FlopMode:
 
     def _take_snapshot(self) -> Counts:
         tracker = self._tracker
-        names = [name for name, _ in self.model.named_modules()] if self.model is not None else [""]
+        modules = list(self.model.named_modules()) if self.model is not None else []
+        names = [name for name, _ in modules] if modules else [""]
+        params = {name: sum(p.numel() for p in module.parameters()) for name, module in modules}
+        params.update((name, count) for name, count in tracker.params.items() if name not in params)
         known = set(names)
         names += [name for name in tracker.params if name not in known]
-        classes = {}
-        if self.model is not None:
-            classes = {name: type(module).__name__ for name, module in self.model.named_modules()}
+        classes = {name: type(module).__name__ for name, module in modules}
         beyond = self._convention.beyond_reference()
         rows = snapshot_rows(self._records)
         return Counts(
@@ -153,7 +155,7 @@ class FlopMode:
             unit=self._convention.unit,
             rows=rows,
             modules=tuple(names),
-            params=dict(tracker.params),
+            params=params,
             calls=dict(tracker.calls),
             classes=classes,
             has_model=self.model is not None,

@@ -221,6 +221,13 @@ class _CallStack:
         return any(m is module for m, _ in entries)
 
 
+def module_index(model: Optional[torch.nn.Module]) -> dict[int, tuple[torch.nn.Module, str]]:
+    """{id(module): (module, qualified name)} of ``model``'s modules ({} without a model)."""
+    if model is None:
+        return {}
+    return {id(module): (module, name) for name, module in model.named_modules()}
+
+
 def _tensors_in(obj: Any) -> Iterator[torch.Tensor]:
     """The tensors of a module's output: pytree leaves, and the attributes of other objects."""
     if isinstance(obj, torch.Tensor):
@@ -242,18 +249,20 @@ class ModuleTracker:
     other modules are named after their parent and attribute, or their class.
     """
 
-    def __init__(self, model: Optional[torch.nn.Module] = None) -> None:
+    def __init__(
+        self,
+        model: Optional[torch.nn.Module] = None,
+        index: Optional[dict[int, tuple[torch.nn.Module, str]]] = None,
+    ) -> None:
         self.root = Frame("", None)
         self.current = self.root  # the forward's innermost frame: read for every op
         self.names: "weakref.WeakKeyDictionary[torch.nn.Module, str]" = weakref.WeakKeyDictionary()
+        # Parameters of the modules named during the run that are not the model's (the model's
+        # own are counted when a report asks: see module_index / parameter_counts).
         self.params: dict[str, int] = {}
         self.calls: dict[str, int] = {}
         # The model's modules by id (a plain dict: faster than the weak one, read on every call).
-        self._model_modules: dict[int, tuple[torch.nn.Module, str]] = {}
-        if model is not None:
-            for name, module in model.named_modules():
-                self._model_modules[id(module)] = (module, name)
-                self.params[name] = sum(p.numel() for p in module.parameters())
+        self._model_modules = index if index is not None else module_index(model)
         # Keys of this tracker's entries in node metadata (other trackers tag the same nodes).
         # A checkpoint's node may also be an output's, holding the forward call's token.
         self._graph_key, self._checkpoint_key, self._other_thread_key = object(), object(), object()

@@ -287,7 +287,8 @@ def _bwd_kernel(
         # Pass 1: the state entering each sub-chunk, from the saved state before the chunk.
         h = tl.load(state_ptrs + tl.maximum(c - 1, 0) * N, mask=mask_dn, other=0.0)
         h = tl.where(c > 0, h, 0.0)
-        for k in range(SUB):
+        n_sub = tl.minimum(SUB, (L - c * CHUNK + T - 1) // T)  # sub-chunks inside the sequence
+        for k in range(n_sub):
             t0 = c * CHUNK + k * T
             tl.store(scratch + k * N, h, mask=mask_dn)
             tt = t0 + offs_t
@@ -555,7 +556,7 @@ def backward(
 
     def grad_of(part: Tensor, t: Tensor, const: bool) -> Tensor:
         full = part.sum(0) if const else part.sum(2).transpose(-1, -2).reshape(t.shape)
-        return full.to(t.dtype, memory_format=torch.contiguous_format)
+        return full.to(t.dtype).contiguous()
 
     du = torch.empty(bsz, dim, length, dtype=u.dtype, device=dev)
     ddelta = torch.empty(bsz, dim, length, dtype=delta.dtype, device=dev)

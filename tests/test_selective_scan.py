@@ -44,7 +44,7 @@ def reference_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
         delta = delta + delta_bias.to(f)[:, None]
     if delta_softplus:
         delta = torch.log1p(torch.exp(-delta.abs())) + delta.clamp(min=0)
-    h = torch.zeros(batch, dim, A.shape[1], dtype=f)
+    h = torch.zeros(batch, dim, A.shape[1], dtype=f, device=u.device)
     ys, hs = [], []
     for t in range(length):
         dt = delta[:, :, t, None]
@@ -64,7 +64,7 @@ LAYOUTS = ("grouped", "3d", "const_B", "const_C", "const_BC")
 
 
 def make_inputs(batch, dim, length, n, groups, *, has_D, has_z, has_bias, dtype=torch.float32,
-                layout="grouped", seed=0, requires_grad=True):
+                layout="grouped", seed=0, requires_grad=True, device="cpu"):
     """Random inputs in mamba's ranges: A < 0, delta ~ softplus-like positive (or raw with bias).
     ``layout``: B and C (batch, G, N, L) "grouped", (batch, N, L) "3d", or B, C or both
     constant (dim, N) "const_B", "const_C", "const_BC" (the other one grouped)."""
@@ -83,7 +83,7 @@ def make_inputs(batch, dim, length, n, groups, *, has_D, has_z, has_bias, dtype=
     z = r(batch, dim, length) if has_z else None
     # delta + bias stays positive, so the states decay with or without softplus
     bias = (torch.rand(dim, generator=g) * 0.3) if has_bias else None
-    tensors = [u, delta, A, B, C, D, z, bias]
+    tensors = [t.to(device) if t is not None else None for t in (u, delta, A, B, C, D, z, bias)]
     if requires_grad:
         for t in tensors:
             if t is not None:
@@ -98,17 +98,18 @@ def _grads(fn, inputs, out_w, last_w):
     return out, last, torch.autograd.grad(loss, params)
 
 
-def compare_with_reference(fn, cfg, dtype, rtol, atol_frac, seed=0):
+def compare_with_reference(fn, cfg, dtype, rtol, atol_frac, seed=0, device="cpu"):
     """Run ``fn`` (a selective_scan-like function) and the reference; compare out, last state
-    and every gradient. Tolerance: |x - ref| <= atol_frac * max|ref| + rtol * |ref|."""
+    and every gradient. Tolerance: |x - ref| <= atol_frac * max|ref| + rtol * |ref|.
+    Returns each one's largest error as a fraction of its largest reference value."""
     batch, dim, length, n, groups, has_D, has_z, has_bias, softplus, layout = cfg
     inputs = make_inputs(batch, dim, length, n, groups, has_D=has_D, has_z=has_z,
-                         has_bias=has_bias, dtype=dtype, layout=layout, seed=seed)
+                         has_bias=has_bias, dtype=dtype, layout=layout, seed=seed, device=device)
     ref_inputs = [t.detach().to(torch.float64).requires_grad_(True) if t is not None else None
                   for t in inputs]
     gen = torch.Generator().manual_seed(seed + 1)
-    out_w = torch.randn(batch, dim, length, generator=gen, dtype=torch.float64)
-    last_w = torch.randn(batch, dim, n, generator=gen, dtype=torch.float64)
+    out_w = torch.randn(batch, dim, length, generator=gen, dtype=torch.float64).to(device)
+    last_w = torch.randn(batch, dim, n, generator=gen, dtype=torch.float64).to(device)
 
     def run(*xs):
         return fn(*xs, delta_softplus=softplus, return_last_state=True)
@@ -126,12 +127,16 @@ def compare_with_reference(fn, cfg, dtype, rtol, atol_frac, seed=0):
     pairs = [("out", out, rout), ("last_state", last, rlast)]
     pairs += [(f"d{nm}", gr, rg) for nm, gr, rg in zip(names, grads, rgrads)]
     params = [t for t in inputs if t is not None]
+    worst = {}
     for (name, got, want), p in zip(pairs, [None, None] + params):
         if p is not None:
             assert got.dtype == p.dtype and got.shape == p.shape, name
         got = got.detach().to(torch.float64)
-        atol = atol_frac * want.abs().max().item() + 1e-12
+        scale = want.abs().max().item()
+        worst[name] = (got - want).abs().max().item() / scale if scale else 0.0
+        atol = atol_frac * scale + 1e-12
         torch.testing.assert_close(got, want, rtol=rtol, atol=atol, msg=lambda m: f"{name} {cfg}: {m}")
+    return worst
 
 
 def random_configs(count, seed, max_len=70):
@@ -255,7 +260,7 @@ def test_gradcheck_float64(has_opt, softplus, groups, layout):
 def test_opcheck_forward_and_backward(layout):
     from torch.library import opcheck
 
-    u, delta, A, B, C, D, z, bias = make_inputs(2, 4, 20, 4, 2, has_D=True, has_z=True,
+    u, delta, A, B, C, D, z, bias = make_inputs(2, 4, 70, 4, 2, has_D=True, has_z=True,
                                                 has_bias=True, layout=layout, requires_grad=False)
     opcheck(torch.ops.dispatchcount.selective_scan.default,
             (u, delta, A, B, C, D, z, bias, True, True))

@@ -182,7 +182,7 @@ def forward(x: ScanInputs, delta_softplus: bool, save_states: bool) -> tuple[Ten
     out = out.reshape(bsz, dim, length).to(x.u.dtype)
     last_state = h.reshape(bsz, dim, n).clone()
     if save_states and saved:
-        states = torch.cat(saved, dim=0).permute(1, 2, 3, 0, 4).reshape(bsz, dim, -1, n)
+        states = torch.cat(saved, dim=0).permute(1, 2, 3, 0, 4).reshape(bsz, dim, -1, n).contiguous()
         assert states.shape[2] == num_chunks(length, n)
     else:
         states = p.u.new_zeros(bsz, dim, num_chunks(length, n) if save_states else 0, n)

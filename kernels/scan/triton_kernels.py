@@ -126,6 +126,42 @@ def _load_const(ptr, d, offs_n, N, mask_dn, CONST: tl.constexpr):
 
 
 @triton.jit
+def _program(Dg, N, n_dblocks, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr):
+    """This program's place: (pid, batch b, group, its channels d, their mask, offs_n, the
+    (channel, state) mask). Program pid owns BLOCK_D channels of group pid // n_dblocks."""
+    pid = tl.program_id(0)
+    b = tl.program_id(1).to(tl.int64)
+    grp = pid // n_dblocks
+    offs_dg = (pid % n_dblocks) * BLOCK_D + tl.arange(0, BLOCK_D)
+    mask_d = offs_dg < Dg
+    d = (grp * Dg + offs_dg).to(tl.int64)
+    offs_n = tl.arange(0, BLOCK_N)
+    mask_dn = mask_d[:, None] & (offs_n < N)[None, :]
+    return pid, b, grp, d, mask_d, offs_n, mask_dn
+
+
+@triton.jit
+def _channel_params(A_ptr, sA_d, sA_n, bias_ptr, sbias, D_ptr, sD, B_ptr, C_ptr, d, offs_n, N,
+                    mask_d, mask_dn, HAS_BIAS: tl.constexpr, HAS_D: tl.constexpr,
+                    B_CONST: tl.constexpr, C_CONST: tl.constexpr):
+    """What a program reads once, in fp32: A (0 where padded), delta_bias and D (0 when
+    absent), and the tiles of a constant B and C."""
+    A = tl.load(A_ptr + d[:, None] * sA_d + offs_n[None, :] * sA_n, mask=mask_dn,
+                other=0.0).to(tl.float32)
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr + d * sbias, mask=mask_d, other=0.0).to(tl.float32)
+    else:
+        bias = tl.zeros(mask_d.shape, dtype=tl.float32)
+    if HAS_D:
+        Dv = tl.load(D_ptr + d * sD, mask=mask_d, other=0.0).to(tl.float32)
+    else:
+        Dv = tl.zeros(mask_d.shape, dtype=tl.float32)
+    B_dn = _load_const(B_ptr, d, offs_n, N, mask_dn, B_CONST)
+    C_dn = _load_const(C_ptr, d, offs_n, N, mask_dn, C_CONST)
+    return A, bias, Dv, B_dn, C_dn
+
+
+@triton.jit
 def _put(tile, sel, col):
     """``tile`` with column ``sel`` replaced by ``col``."""
     return tl.where(sel[None, :], col[:, None], tile)
@@ -147,27 +183,12 @@ def _fwd_kernel(
     SOFTPLUS: tl.constexpr, SAVE_STATES: tl.constexpr, B_CONST: tl.constexpr, C_CONST: tl.constexpr,
     BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, CHUNK: tl.constexpr, T: tl.constexpr,
 ):
-    pid = tl.program_id(0)
-    b = tl.program_id(1).to(tl.int64)
-    grp = pid // n_dblocks
-    offs_dg = (pid % n_dblocks) * BLOCK_D + tl.arange(0, BLOCK_D)
-    mask_d = offs_dg < Dg
-    d = (grp * Dg + offs_dg).to(tl.int64)
-    offs_n = tl.arange(0, BLOCK_N)
-    mask_n = offs_n < N
-    mask_dn = mask_d[:, None] & mask_n[None, :]
+    pid, b, grp, d, mask_d, offs_n, mask_dn = _program(Dg, N, n_dblocks, BLOCK_D, BLOCK_N)
     offs_t = tl.arange(0, T)
-
-    A2 = tl.load(A_ptr + d[:, None] * sA_d + offs_n[None, :] * sA_n, mask=mask_dn, other=0.0)
-    A2 = A2.to(tl.float32) * LOG2E  # exp(x) = exp2(x * log2(e)); padded (d, n) get a = 1
-    if HAS_BIAS:
-        bias = tl.load(bias_ptr + d * sbias, mask=mask_d, other=0.0).to(tl.float32)
-    else:
-        bias = tl.zeros([BLOCK_D], dtype=tl.float32)
-    if HAS_D:
-        Dv = tl.load(D_ptr + d * sD, mask=mask_d, other=0.0).to(tl.float32)
-    B_dn = _load_const(B_ptr, d, offs_n, N, mask_dn, B_CONST)
-    C_dn = _load_const(C_ptr, d, offs_n, N, mask_dn, C_CONST)
+    A, bias, Dv, B_dn, C_dn = _channel_params(
+        A_ptr, sA_d, sA_n, bias_ptr, sbias, D_ptr, sD, B_ptr, C_ptr, d, offs_n, N, mask_d, mask_dn,
+        HAS_BIAS, HAS_D, B_CONST, C_CONST)
+    A2 = A * LOG2E  # exp(x) = exp2(x * log2(e)); padded (d, n) get a = 1
 
     u_row = u_ptr + b * su_b + d[:, None] * su_d
     dt_row = delta_ptr + b * sdt_b + d[:, None] * sdt_d
@@ -182,7 +203,7 @@ def _fwd_kernel(
         tt = t0 + offs_t
         mask_t = tt < L
         m2 = mask_d[:, None] & mask_t[None, :]
-        mnt = mask_n[:, None] & mask_t[None, :]
+        mnt = (offs_n < N)[:, None] & mask_t[None, :]
         delta, raw = _load_delta(dt_row + tt[None, :] * sdt_l, m2, bias, SOFTPLUS)
         u = tl.load(u_row + tt[None, :] * su_l, mask=m2, other=0.0).to(tl.float32)
         if B_CONST:
@@ -235,29 +256,13 @@ def _bwd_kernel(
     # Bt, Ct: contiguous (batch, groups, L, N) copies of B, C: a step's N values are contiguous;
     # a constant B/C: contiguous (dim, N), with its gradient written like dA's (batch, dim, N).
     SUB: tl.constexpr = CHUNK // T  # sub-chunks per chunk
-    pid = tl.program_id(0)
-    b = tl.program_id(1).to(tl.int64)
+    pid, b, grp, d, mask_d, offs_n, mask_dn = _program(Dg, N, n_dblocks, BLOCK_D, BLOCK_N)
     n_groups = dim // Dg
-    grp = pid // n_dblocks
-    offs_dg = (pid % n_dblocks) * BLOCK_D + tl.arange(0, BLOCK_D)
-    mask_d = offs_dg < Dg
-    d = (grp * Dg + offs_dg).to(tl.int64)
-    offs_n = tl.arange(0, BLOCK_N)
-    mask_n = offs_n < N
-    mask_dn = mask_d[:, None] & mask_n[None, :]
     offs_t = tl.arange(0, T)
-
-    A = tl.load(A_ptr + d[:, None] * sA_d + offs_n[None, :] * sA_n, mask=mask_dn,
-                other=0.0).to(tl.float32)
+    A, bias, Dv, B_dn, C_dn = _channel_params(
+        A_ptr, sA_d, sA_n, bias_ptr, sbias, D_ptr, sD, Bt_ptr, Ct_ptr, d, offs_n, N, mask_d,
+        mask_dn, HAS_BIAS, HAS_D, B_CONST, C_CONST)
     A2 = A * LOG2E
-    if HAS_BIAS:
-        bias = tl.load(bias_ptr + d * sbias, mask=mask_d, other=0.0).to(tl.float32)
-    else:
-        bias = tl.zeros([BLOCK_D], dtype=tl.float32)
-    if HAS_D:
-        Dv = tl.load(D_ptr + d * sD, mask=mask_d, other=0.0).to(tl.float32)
-    B_dn = _load_const(Bt_ptr, d, offs_n, N, mask_dn, B_CONST)
-    C_dn = _load_const(Ct_ptr, d, offs_n, N, mask_dn, C_CONST)
 
     u_row = u_ptr + b * su_b + d[:, None] * su_d
     dt_row = delta_ptr + b * sdt_b + d[:, None] * sdt_d

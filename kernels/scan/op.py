@@ -14,6 +14,9 @@ Each op is one function, registered with ``torch.library.triton_op`` (``custom_o
 Triton path the body is the PyTorch kernel, a Python loop over time, so there the op is kept
 whole in the graph, as a ``custom_op`` would be.
 
+Inputs as ``dispatchcount.kernels.selective_scan`` takes them: B and C time-varying or constant
+(dim, N); A real (a complex A raises ValueError: mamba_ssm's complex variant is not supported).
+
 Forward outputs: ``out`` (u's shape and dtype), ``last_state`` (batch, dim, N) and ``states``,
 the state at the end of every chunk of ``state_chunk(N)`` steps (batch, dim, chunks, N), saved
 for the backward when ``save_states`` (else chunks = 0); states are in the compute dtype.

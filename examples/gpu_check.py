@@ -1,4 +1,4 @@
-"""The selective scan's checks on an NVIDIA GPU, in one run (a few minutes on an H200).
+"""The selective scan's checks on an NVIDIA GPU in one run (estimated: 6 minutes on an H200).
 
     pip install --no-deps --no-build-isolation -e . && PYTHONUNBUFFERED=1 python3 examples/gpu_check.py
 
@@ -17,9 +17,10 @@ CI has no GPU; this is what a session with one runs, and it prints every figure:
 4. the benchmark (examples/bench_selective_scan.py): ms, GB/s, TFLOP/s, % of the roofline and
    speed-up over the PyTorch kernel, fwd and fwd+bwd, both shapes, fp32 and bf16.
 
-Every step has a time limit: past it, the tracebacks of all threads are printed and the run
-exits with status 1 (never a hang). A failed check is printed and the other steps still run;
-the exit status is 0 only when every check passed (2: no CUDA device).
+Every step has a time limit, and all of them together ``--budget`` seconds (default 540, to fit
+a 10-minute command): past it, the tracebacks of all threads are printed and the run exits with
+status 1 (never a hang). A failed check is printed and the other steps still run; the exit
+status is 0 only when every check passed (2: no CUDA device). ``--only 1b,4`` reruns some steps.
 """
 
 from __future__ import annotations
@@ -37,6 +38,8 @@ sys.path[:0] = [ROOT, os.path.join(ROOT, "tests")]
 import torch  # noqa: E402
 
 FAILURES: list[str] = []
+DEADLINE = [float("inf")]
+ONLY: set = set()
 
 # (batch, dim, L, N, G, has_D, has_z, has_bias, softplus, layout); chunks are 64 steps for N <= 16
 SMALL = [
@@ -60,11 +63,15 @@ TOLERANCE = {torch.float32: 1e-4, torch.bfloat16: 1e-2, torch.float16: 2e-3}
 
 
 def step(name: str, limit: float):
-    """Run the decorated function now, under a time limit; record a failure, never raise."""
+    """Run the decorated function now (unless --only leaves it out), under a time limit that
+    also keeps the whole run within --budget; record a failure, never raise."""
 
     def run(fn):
-        print(f"\n== {name} (limit {limit:.0f} s)", flush=True)
-        faulthandler.dump_traceback_later(limit, exit=True)
+        if ONLY and name.split(".")[0] not in ONLY:
+            return fn
+        limit_now = max(1.0, min(limit, DEADLINE[0] - time.perf_counter()))
+        print(f"\n== {name} (limit {limit_now:.0f} s)", flush=True)
+        faulthandler.dump_traceback_later(limit_now, exit=True)
         started = time.perf_counter()
         try:
             fn()
@@ -100,7 +107,10 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--no-bench", action="store_true", help="skip step 4")
     parser.add_argument("--rep", type=int, default=100, help="benchmark repetitions, ms")
+    parser.add_argument("--budget", type=float, default=540, help="seconds for all steps")
+    parser.add_argument("--only", default="", help="steps to run, e.g. 1b,4 (default: all)")
     args = parser.parse_args(argv)
+    ONLY.update(filter(None, args.only.split(",")))
     if not torch.cuda.is_available():
         print("no CUDA device: this script checks the selective scan on a GPU")
         return 2
@@ -116,22 +126,23 @@ def main(argv=None) -> int:
     print(f"{torch.cuda.get_device_name()}; torch {torch.__version__}, triton {triton.__version__}, "
           f"triton_op: {op.TRACEABLE}", flush=True)
     started = time.perf_counter()
+    DEADLINE[0] = started + args.budget
 
-    @step("1a. small cases against the float64 reference", 300)
+    @step("1a. small cases against the float64 reference", 180)
     def _():
         for cfg in SMALL:
             check(f"{cfg}", selective_scan, cfg, torch.float32, TOLERANCE[torch.float32])
-        for cfg in SMALL[:2] + SMALL[3:6]:
+        for cfg in (SMALL[0], SMALL[3], SMALL[5]):
             check(f"{cfg}", selective_scan, cfg, torch.bfloat16, TOLERANCE[torch.bfloat16])
         check(f"{SMALL[0]}", selective_scan, SMALL[0], torch.float16, TOLERANCE[torch.float16])
 
-    @step("1b. VMamba-T stage-1 and Mamba-LM shapes against the float64 reference", 200)
+    @step("1b. VMamba-T stage-1 and Mamba-LM shapes against the float64 reference", 150)
     def _():
         for name, cfg in LARGE.items():
             check(name, selective_scan, cfg, torch.float32, 1e-3)
             check(name, selective_scan, cfg, torch.bfloat16, TOLERANCE[torch.bfloat16])
 
-    @step("2. torch.compile traces into the Triton kernels", 200)
+    @step("2. torch.compile traces into the Triton kernels", 120)
     def _():
         from functorch.compile import make_boxed_func
         from torch._dynamo.backends.common import aot_autograd
@@ -179,7 +190,7 @@ def main(argv=None) -> int:
         for c, e in zip(grads_c, grads_e):
             torch.testing.assert_close(c, e, rtol=1e-5, atol=1e-5 * e.abs().max().item())
 
-    @step("3. opcheck on CUDA; FlopMode on CUDA equals meta", 150)
+    @step("3. opcheck on CUDA; FlopMode on CUDA equals meta", 90)
     def _():
         from test_selective_scan import _ScanBlock, make_inputs
 
@@ -212,7 +223,7 @@ def main(argv=None) -> int:
         assert counts["cuda"] == counts["meta"]
 
     if not args.no_bench:
-        @step("4. benchmark", 240)
+        @step("4. benchmark", 180)
         def _():
             from examples import bench_selective_scan
 

@@ -407,6 +407,16 @@ def test_does_not_need_triton():
         "the selective scan's Triton kernels need triton: pip install 'dispatchcount[triton]'"]
 
 
+def test_triton_is_an_extra_not_a_dependency():
+    """pip install dispatchcount pulls no triton; [triton] and [test] (what CI installs) do."""
+    import re
+    from importlib.metadata import requires
+
+    triton = [r for r in requires("dispatchcount") if re.match(r"triton\b", r)]
+    extras = sorted(m.group(1) for r in triton for m in [re.search(r'extra == "(\w+)"', r)] if m)
+    assert len(triton) == 2 and extras == ["test", "triton"], triton
+
+
 def test_cuda_without_triton_falls_back_to_pytorch_with_one_warning(monkeypatch):
     from dispatchcount.kernels.scan import op
 

@@ -402,6 +402,7 @@ def test_does_not_need_triton():
             "except ImportError as e:\n"
             "    print(e)\n")
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert run.stderr == ""  # no warning on import or on CPU
     assert run.stdout.splitlines() == [
         "torch.Size([1, 2, 5])",
         "the selective scan's Triton kernels need triton: pip install 'dispatchcount[triton]'"]

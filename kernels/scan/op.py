@@ -1,7 +1,8 @@
 """The ops ``torch.ops.dispatchcount.selective_scan`` and ``...selective_scan_backward``.
 
 Each op is one function, registered with ``torch.library.triton_op`` (``custom_op`` on torch
-< 2.6) and used for every device and as its own fake kernel. It picks, in this order:
+< 2.6 or without triton) and used for every device and as its own fake kernel. It picks, in
+this order:
 
 - an empty problem (batch, dim or L of 0): zeros, no kernel;
 - CUDA tensors (not float64) with triton installed: the Triton kernels, launched through
@@ -44,8 +45,10 @@ __all__ = ["selective_scan_fwd", "selective_scan_bwd", "runs_triton", "TRACEABLE
 
 Outputs = tuple[Tensor, ...]
 
-# torch.library.triton_op / wrap_triton: torch >= 2.6.
-TRACEABLE = hasattr(torch.library, "triton_op") and hasattr(torch.library, "wrap_triton")
+# triton_op and wrap_triton: torch >= 2.6; without triton there is nothing to trace into (and
+# triton_op would log that it found no Triton).
+TRACEABLE = (triton_forward is not None and hasattr(torch.library, "triton_op")
+             and hasattr(torch.library, "wrap_triton"))
 
 _warned_no_triton = False
 

@@ -58,9 +58,12 @@ else:
     def test_triton_forward_and_gradients_fp32(cfg):
         compare_with_reference(selective_scan, cfg, torch.float32, rtol=1e-4, atol_frac=1e-4)
 
-    @pytest.mark.parametrize("cfg", [CONFIGS[2], CONFIGS[3]])
-    def test_triton_forward_and_gradients_bf16(cfg):
-        compare_with_reference(selective_scan, cfg, torch.bfloat16, rtol=1e-2, atol_frac=1e-2)
+    # half precision: out and the gradients rounded to bf16 (2^-8) or fp16 (2^-11)
+    @pytest.mark.parametrize("dtype,tol,cfg", [(torch.bfloat16, 1e-2, CONFIGS[2]),
+                                               (torch.bfloat16, 1e-2, CONFIGS[3]),
+                                               (torch.float16, 2e-3, CONFIGS[3])])
+    def test_triton_forward_and_gradients_half(dtype, tol, cfg):
+        compare_with_reference(selective_scan, cfg, dtype, rtol=tol, atol_frac=tol)
 
     @pytest.mark.parametrize("block_d,steps,keep_decay,layout", [
         (2, 4, False, "grouped"), (4, 1, True, "const_BC")])  # 3 channels: 2 blocks of 2; 1 of 4

@@ -48,7 +48,7 @@ else:
     CONFIGS = [
         (1, 2, 37, 4, 2, True, True, True, True, "grouped"),     # everything, G = 2, ragged
         (1, 1, 70, 2, 1, False, True, False, True, "const_B"),   # 2 chunks, ragged last; const B
-        (1, 3, 20, 3, 1, True, False, True, False, "const_C"),   # C constant
+        (1, 4, 20, 3, 2, True, False, True, False, "const_C"),   # C constant, B with G = 2
         (1, 2, 9, 16, 1, True, True, False, False, "const_BC"),  # N = 16, both constant
         (2, 2, 1, 1, 1, False, False, False, False, "3d"),       # batch 2, L = 1, N = 1
     ]

@@ -30,17 +30,18 @@ import time
 import torch
 
 from dispatchcount.kernels import selective_scan
-from dispatchcount.kernels.selective_scan import flops as scan_flops
-from dispatchcount.kernels.selective_scan import pytorch_kernel
+from dispatchcount.kernels.scan import flops as scan_flops
+from dispatchcount.kernels.scan import pytorch_kernel
+from dispatchcount.kernels.scan.validation import ScanInputs
 
 # name: (batch, dim, L, N, G, with D, with z, with delta_bias, softplus)
 SHAPES = {
     "VMamba-T stage 1": (32, 768, 3136, 16, 4, True, False, True, True),
     "Mamba LM layer": (8, 3072, 2048, 16, 1, True, True, True, True),
 }
-CPU_SHAPES = {
-    "VMamba-T stage 1 @ 64px": (2, 768, 256, 16, 4, True, False, True, True),
-    "Mamba LM layer (small)": (1, 768, 512, 16, 1, True, True, True, True),
+CPU_SHAPES = {  # small enough for the default CPU run to take well under a minute
+    "VMamba-T stage 1 @ 32px": (1, 768, 64, 16, 4, True, False, True, True),
+    "Mamba LM layer, L 256": (1, 768, 256, 16, 1, True, True, True, True),
 }
 # (memory bandwidth TB/s, FP32 non-tensor TFLOP/s) by device name
 PEAKS = {"H200": (4.8, 67.0), "H100": (3.35, 67.0), "A100": (2.0, 19.5), "L40S": (0.864, 91.6)}
@@ -113,10 +114,12 @@ def run_reference(inputs, softplus, backward, grad):
     # The op's PyTorch kernels, called directly (the op would dispatch to Triton on CUDA).
     plain = [t.detach() if t is not None else None for t in inputs]
 
+    x = ScanInputs(*plain)
+
     def step():
-        out, _, _ = pytorch_kernel.forward(*plain, softplus, False)
+        pytorch_kernel.forward(x, softplus, False)
         if backward:
-            pytorch_kernel.backward(grad, None, *plain, softplus)
+            pytorch_kernel.backward(grad, None, x, softplus)
     return step
 
 
@@ -126,8 +129,8 @@ def bench_cuda(args):
 
     bw, fp32, name = peaks(args)
     print(f"{name}: roofline with {bw / 1e12:.2f} TB/s and {fp32 / 1e12:.1f} FP32 TFLOP/s; "
-          f"torch {torch.__version__}, triton {triton.__version__}")
-    rows = []
+          f"torch {torch.__version__}, triton {triton.__version__}", flush=True)
+    rows, total, started = [], len(SHAPES) * 2 * 2, time.perf_counter()
     for shape_name, shape in SHAPES.items():
         for dtype in (torch.float32, torch.bfloat16):
             softplus = shape[-1]
@@ -148,12 +151,18 @@ def bench_cuda(args):
                              f"{nbytes / ms / 1e6:.0f}", f"{nflop / ms / 1e9:.2f}",
                              f"{roof_ms:.3f}", f"{100 * roof_ms / ms:.0f}%",
                              f"{ref_ms / ms:.0f}x"])
-                print(" | ".join(rows[-1]), flush=True)
+                progress(len(rows), total, rows[-1][:3], started)
                 del inputs, grad
                 torch.cuda.empty_cache()
     print()
     print(tabulate(rows, headers=["shape", "dtype", "pass", "ms", "GB/s", "TFLOP/s",
                                   "roofline ms", "% of roofline", "vs PyTorch"]))
+
+
+def progress(done, total, what, started):
+    """One line per measured case (the figures come once, in the table at the end)."""
+    print(f"  [{done}/{total}] {', '.join(what)} measured ({time.perf_counter() - started:.0f} s)",
+          flush=True)
 
 
 def naive_scan(u, delta, A, B, C, D, z, bias, softplus):
@@ -190,8 +199,8 @@ def bench_cpu(args):
     from tabulate import tabulate
 
     print(f"CPU ({torch.get_num_threads()} threads), torch {torch.__version__}: the op's PyTorch "
-          "kernel against a naive per-step loop (fp32)")
-    rows = []
+          "kernel against a naive per-step loop (fp32)", flush=True)
+    rows, total, started = [], len(CPU_SHAPES) * 2, time.perf_counter()
     for shape_name, shape in CPU_SHAPES.items():
         softplus = shape[-1]
         for backward in (False, True):
@@ -213,7 +222,7 @@ def bench_cpu(args):
                 n = _median_s(naive, args.cpu_repeat)
             rows.append([shape_name, "fwd+bwd" if backward else "fwd", f"{1e3 * k:.1f}",
                          f"{1e3 * n:.1f}", f"{n / k:.1f}x"])
-            print(" | ".join(rows[-1]), flush=True)
+            progress(len(rows), total, rows[-1][:2], started)
     print()
     print(tabulate(rows, headers=["shape", "pass", "kernel ms", "naive loop ms", "speed-up"]))
 
@@ -229,7 +238,7 @@ def sass_report(args):
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
-    from dispatchcount.kernels.selective_scan import triton_kernels as K
+    from dispatchcount.kernels.scan import triton_kernels as K
 
     tools = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin")
 
@@ -284,38 +293,42 @@ def sass_report(args):
 
     print("sm_90 ahead-of-time compile (triton", triton.__version__ + "); per (b,d,l,n) element "
           "= instructions of the inner time loop x 32 lanes x warps / elements per iteration")
-    for dtype, e in (("fp32", 4), ("bf16", 2)):
-        for name, (batch, dim, length, n, groups, has_D, has_z, has_bias, softplus) in SHAPES.items():
-            dg = dim // groups
-            common = dict(dim=dim, L=length, N=n, Dg=dg, n_dblocks=3, n_chunks=length // 64,
-                          su_b=dim * length, su_d=length, su_l=1, sdt_b=dim * length, sdt_d=length,
-                          sdt_l=1, sA_d=n, sA_n=1, sD=1, sbias=1, sz_b=dim * length, sz_d=length,
-                          sz_l=1, HAS_D=has_D, HAS_Z=has_z, HAS_BIAS=has_bias, SOFTPLUS=softplus,
-                          BLOCK_N=K._block_n(n), CHUNK=64)
-            ptr = "*" + dtype
-            cf = K.forward_config(n, dg, e)
-            fwd_vals = dict(common, u_ptr=ptr, delta_ptr=ptr, A_ptr="*fp32", B_ptr=ptr, C_ptr=ptr,
-                            D_ptr="*fp32", z_ptr=ptr, bias_ptr="*fp32", out_ptr=ptr,
-                            last_ptr="*fp32", states_ptr="*fp32", sB_b=groups * n * length,
-                            sB_g=n * length, sB_n=length, sB_l=1, sC_b=groups * n * length,
-                            sC_g=n * length, sC_n=length, sC_l=1, SAVE_STATES=True,
-                            BLOCK_D=cf["BLOCK_D"], T=cf["T"])
-            regs, stack, sizes = inspect_(compile_(K._fwd_kernel, fwd_vals, cf["num_warps"]))
-            per = sizes[0] * 32 * cf["num_warps"] / (cf["BLOCK_D"] * K._block_n(n) * cf["T"])
-            print(f"  {name} {dtype} forward  {cf}: {regs} registers, {stack} B stack, "
-                  f"{per:.1f} instructions/element")
-            cb = K.backward_config(n, dg, e)
-            bwd_vals = dict(common, u_ptr=ptr, delta_ptr=ptr, A_ptr="*fp32", Bt_ptr=ptr, Ct_ptr=ptr,
-                            D_ptr="*fp32", z_ptr=ptr, bias_ptr="*fp32", dout_ptr=ptr,
-                            dlast_ptr="*fp32", states_ptr="*fp32", scratch_ptr="*fp32",
-                            du_ptr=ptr, ddelta_ptr=ptr, dz_ptr=ptr, dA_ptr="*fp32", dB_ptr="*fp32",
-                            dC_ptr="*fp32", dD_ptr="*fp32", dbias_ptr="*fp32", sdo_b=dim * length,
-                            sdo_d=length, sdo_l=1, HAS_DLAST=False, KEEP_DECAY=cb["KEEP_DECAY"],
-                            BLOCK_D=cb["BLOCK_D"], T=cb["T"])
-            regs, stack, sizes = inspect_(compile_(K._bwd_kernel, bwd_vals, cb["num_warps"]))
-            per = sum(sizes) * 32 * cb["num_warps"] / (cb["BLOCK_D"] * K._block_n(n) * cb["T"])
-            print(f"  {name} {dtype} backward {cb}: {regs} registers, {stack} B stack, "
-                  f"{per:.1f} instructions/element (pass 1 + pass 2)")
+    cases = [(dtype, e, name, shape, False) for dtype, e in (("fp32", 4), ("bf16", 2))
+             for name, shape in SHAPES.items()]
+    cases.append(("fp32", 4, "VMamba-T stage 1", SHAPES["VMamba-T stage 1"], True))
+    for dtype, e, name, shape, const in cases:
+        batch, dim, length, n, groups, has_D, has_z, has_bias, softplus = shape
+        name = name + (", constant B, C" if const else "")
+        dg = dim // groups
+        common = dict(dim=dim, L=length, N=n, Dg=dg, n_dblocks=3, n_chunks=length // 64,
+                      su_b=dim * length, su_d=length, su_l=1, sdt_b=dim * length, sdt_d=length,
+                      sdt_l=1, sA_d=n, sA_n=1, sD=1, sbias=1, sz_b=dim * length, sz_d=length,
+                      sz_l=1, HAS_D=has_D, HAS_Z=has_z, HAS_BIAS=has_bias, SOFTPLUS=softplus,
+                      B_CONST=const, C_CONST=const, BLOCK_N=K._block_n(n), CHUNK=64)
+        ptr = "*" + dtype
+        cf = K.forward_config(n, dg, e)
+        fwd_vals = dict(common, u_ptr=ptr, delta_ptr=ptr, A_ptr="*fp32", B_ptr=ptr, C_ptr=ptr,
+                        D_ptr="*fp32", z_ptr=ptr, bias_ptr="*fp32", out_ptr=ptr,
+                        last_ptr="*fp32", states_ptr="*fp32", sB_b=groups * n * length,
+                        sB_g=n * length, sB_n=length, sB_l=1, sC_b=groups * n * length,
+                        sC_g=n * length, sC_n=length, sC_l=1, SAVE_STATES=True,
+                        BLOCK_D=cf["BLOCK_D"], T=cf["T"])
+        regs, stack, sizes = inspect_(compile_(K._fwd_kernel, fwd_vals, cf["num_warps"]))
+        per = sizes[0] * 32 * cf["num_warps"] / (cf["BLOCK_D"] * K._block_n(n) * cf["T"])
+        print(f"  {name} {dtype} forward  {cf}: {regs} registers, {stack} B stack, "
+              f"{per:.1f} instructions/element")
+        cb = K.backward_config(n, dg, e)
+        bwd_vals = dict(common, u_ptr=ptr, delta_ptr=ptr, A_ptr="*fp32", Bt_ptr=ptr, Ct_ptr=ptr,
+                        D_ptr="*fp32", z_ptr=ptr, bias_ptr="*fp32", dout_ptr=ptr,
+                        dlast_ptr="*fp32", states_ptr="*fp32", scratch_ptr="*fp32",
+                        du_ptr=ptr, ddelta_ptr=ptr, dz_ptr=ptr, dA_ptr="*fp32", dB_ptr="*fp32",
+                        dC_ptr="*fp32", dD_ptr="*fp32", dbias_ptr="*fp32", sdo_b=dim * length,
+                        sdo_d=length, sdo_l=1, HAS_DLAST=False, KEEP_DECAY=cb["KEEP_DECAY"],
+                        BLOCK_D=cb["BLOCK_D"], T=cb["T"])
+        regs, stack, sizes = inspect_(compile_(K._bwd_kernel, bwd_vals, cb["num_warps"]))
+        per = sum(sizes) * 32 * cb["num_warps"] / (cb["BLOCK_D"] * K._block_n(n) * cb["T"])
+        print(f"  {name} {dtype} backward {cb}: {regs} registers, {stack} B stack, "
+              f"{per:.1f} instructions/element (pass 1 + pass 2)")
 
 
 def main(argv=None):

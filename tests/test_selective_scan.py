@@ -1,5 +1,6 @@
 """The selective-scan op on CPU: forward and gradients against an independent float64 reference,
-gradcheck, opcheck, torch.compile, input validation, and the FLOP formulas.
+gradcheck, opcheck, torch.compile (and its tracing into the Triton kernels on fake CUDA tensors),
+empty and constant-B/C inputs, input validation, and the FLOP formulas.
 
 The Triton kernels are tested in test_selective_scan_triton.py (TRITON_INTERPRET=1).
 """
@@ -16,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from dispatchcount.kernels import selective_scan
-from dispatchcount.kernels.selective_scan import pytorch_kernel
+from dispatchcount.kernels.scan import pytorch_kernel
 from dispatchcount.registry import resolve
 
 # ----------------------------------------------------------------------------------------------
@@ -31,17 +32,19 @@ def reference_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
     f = torch.float64
     u, delta, A, B, C = (t.to(f) for t in (u, delta, A, B, C))
     batch, dim, length = u.shape
-    if B.dim() == 3:
-        B, C = B.unsqueeze(1), C.unsqueeze(1)
-    groups = B.shape[1]
-    # channel d reads group d // (dim // groups)
-    Bd = B.repeat_interleave(dim // groups, dim=1)  # (batch, dim, N, L)
-    Cd = C.repeat_interleave(dim // groups, dim=1)
+
+    def per_channel(t):  # -> (batch, dim, N, L)
+        if t.dim() == 2:  # constant (dim, N): the same at every step of every batch element
+            return t[None, :, :, None].expand(batch, dim, t.shape[1], length)
+        t = t.unsqueeze(1) if t.dim() == 3 else t
+        return t.repeat_interleave(dim // t.shape[1], dim=1)  # channel d reads group d // (dim // G)
+
+    Bd, Cd = per_channel(B), per_channel(C)
     if delta_bias is not None:
         delta = delta + delta_bias.to(f)[:, None]
     if delta_softplus:
         delta = torch.log1p(torch.exp(-delta.abs())) + delta.clamp(min=0)
-    h = torch.zeros(batch, dim, A.shape[1], dtype=f)
+    h = torch.zeros(batch, dim, A.shape[1], dtype=f, device=u.device)
     ys, hs = [], []
     for t in range(length):
         dt = delta[:, :, t, None]
@@ -57,9 +60,14 @@ def reference_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
     return y, h, torch.stack(hs, dim=2)
 
 
+LAYOUTS = ("grouped", "3d", "const_B", "const_C", "const_BC")
+
+
 def make_inputs(batch, dim, length, n, groups, *, has_D, has_z, has_bias, dtype=torch.float32,
-                b_3d=False, seed=0, requires_grad=True):
-    """Random inputs in mamba's ranges: A < 0, delta ~ softplus-like positive (or raw with bias)."""
+                layout="grouped", seed=0, requires_grad=True, device="cpu"):
+    """Random inputs in mamba's ranges: A < 0, delta ~ softplus-like positive (or raw with bias).
+    ``layout``: B and C (batch, G, N, L) "grouped", (batch, N, L) "3d", or B, C or both
+    constant (dim, N) "const_B", "const_C", "const_BC" (the other one grouped)."""
     g = torch.Generator().manual_seed(seed)
 
     def r(*shape, scale=1.0, shift=0.0, dt=dtype):
@@ -68,13 +76,14 @@ def make_inputs(batch, dim, length, n, groups, *, has_D, has_z, has_bias, dtype=
     u = r(batch, dim, length)
     delta = (torch.rand(batch, dim, length, generator=g) * 0.5 + 0.05).to(dtype)
     A = -(torch.rand(dim, n, generator=g) * 2 + 0.1)  # real, negative: decaying states
-    bshape = (batch, n, length) if b_3d else (batch, groups, n, length)
-    B, C = r(*bshape), r(*bshape)
+    varying = (batch, n, length) if layout == "3d" else (batch, groups, n, length)
+    B = r(dim, n) if layout in ("const_B", "const_BC") else r(*varying)
+    C = r(dim, n) if layout in ("const_C", "const_BC") else r(*varying)
     D = r(dim, dt=torch.float32) if has_D else None
     z = r(batch, dim, length) if has_z else None
     # delta + bias stays positive, so the states decay with or without softplus
     bias = (torch.rand(dim, generator=g) * 0.3) if has_bias else None
-    tensors = [u, delta, A, B, C, D, z, bias]
+    tensors = [t.to(device) if t is not None else None for t in (u, delta, A, B, C, D, z, bias)]
     if requires_grad:
         for t in tensors:
             if t is not None:
@@ -89,17 +98,18 @@ def _grads(fn, inputs, out_w, last_w):
     return out, last, torch.autograd.grad(loss, params)
 
 
-def compare_with_reference(fn, cfg, dtype, rtol, atol_frac, seed=0):
+def compare_with_reference(fn, cfg, dtype, rtol, atol_frac, seed=0, device="cpu"):
     """Run ``fn`` (a selective_scan-like function) and the reference; compare out, last state
-    and every gradient. Tolerance: |x - ref| <= atol_frac * max|ref| + rtol * |ref|."""
-    batch, dim, length, n, groups, has_D, has_z, has_bias, softplus, b_3d = cfg
+    and every gradient. Tolerance: |x - ref| <= atol_frac * max|ref| + rtol * |ref|.
+    Returns each one's largest error as a fraction of its largest reference value."""
+    batch, dim, length, n, groups, has_D, has_z, has_bias, softplus, layout = cfg
     inputs = make_inputs(batch, dim, length, n, groups, has_D=has_D, has_z=has_z,
-                         has_bias=has_bias, dtype=dtype, b_3d=b_3d, seed=seed)
+                         has_bias=has_bias, dtype=dtype, layout=layout, seed=seed, device=device)
     ref_inputs = [t.detach().to(torch.float64).requires_grad_(True) if t is not None else None
                   for t in inputs]
     gen = torch.Generator().manual_seed(seed + 1)
-    out_w = torch.randn(batch, dim, length, generator=gen, dtype=torch.float64)
-    last_w = torch.randn(batch, dim, n, generator=gen, dtype=torch.float64)
+    out_w = torch.randn(batch, dim, length, generator=gen, dtype=torch.float64).to(device)
+    last_w = torch.randn(batch, dim, n, generator=gen, dtype=torch.float64).to(device)
 
     def run(*xs):
         return fn(*xs, delta_softplus=softplus, return_last_state=True)
@@ -117,17 +127,21 @@ def compare_with_reference(fn, cfg, dtype, rtol, atol_frac, seed=0):
     pairs = [("out", out, rout), ("last_state", last, rlast)]
     pairs += [(f"d{nm}", gr, rg) for nm, gr, rg in zip(names, grads, rgrads)]
     params = [t for t in inputs if t is not None]
+    worst = {}
     for (name, got, want), p in zip(pairs, [None, None] + params):
         if p is not None:
             assert got.dtype == p.dtype and got.shape == p.shape, name
         got = got.detach().to(torch.float64)
-        atol = atol_frac * want.abs().max().item() + 1e-12
+        scale = want.abs().max().item()
+        worst[name] = (got - want).abs().max().item() / scale if scale else 0.0
+        atol = atol_frac * scale + 1e-12
         torch.testing.assert_close(got, want, rtol=rtol, atol=atol, msg=lambda m: f"{name} {cfg}: {m}")
+    return worst
 
 
 def random_configs(count, seed, max_len=70):
-    """(batch, dim, L, N, G, has_D, has_z, has_bias, softplus, B_3d): every flag combination
-    appears, with random sizes; dim is a multiple of G."""
+    """(batch, dim, L, N, G, has_D, has_z, has_bias, softplus, layout): every flag combination
+    and every B/C layout appears, with random sizes; dim is a multiple of G."""
     rng = random.Random(seed)
     flags = list(itertools.product([False, True], repeat=4))
     rng.shuffle(flags)
@@ -136,9 +150,11 @@ def random_configs(count, seed, max_len=70):
         groups = [1, 2, 4][i % 3]
         has_D, has_z, has_bias, softplus = flags[i % len(flags)]
         dim = groups * rng.randint(1, 3)
-        b_3d = groups == 1 and rng.random() < 0.5
+        layout = LAYOUTS[i % len(LAYOUTS)]
+        if layout == "3d" and groups > 1:
+            layout = "grouped"
         cfgs.append((rng.randint(1, 2), dim, rng.randint(1, max_len), rng.choice([1, 3, 4, 16]),
-                     groups, has_D, has_z, has_bias, softplus, b_3d))
+                     groups, has_D, has_z, has_bias, softplus, layout))
     return cfgs
 
 
@@ -158,18 +174,19 @@ def test_forward_and_gradients_bf16(cfg):
     compare_with_reference(selective_scan, cfg, torch.bfloat16, rtol=1e-2, atol_frac=1e-2)
 
 
-@pytest.mark.parametrize("small_step", [0, 1 << 30])
-def test_multi_segment_path_matches_reference(monkeypatch, small_step):
+@pytest.mark.parametrize("small_step,layout", [(0, "grouped"), (1 << 30, "const_BC")])
+def test_multi_segment_path_matches_reference(monkeypatch, small_step, layout):
     """Long sequences are processed in segments; force several, with a ragged last one, with
-    the plain sequential scan and with the two-level one."""
+    the plain sequential scan and with the two-level one (and a constant B/C's gradient summed
+    over the segments)."""
     monkeypatch.setattr(pytorch_kernel, "_SEGMENT_ELEMENTS", 1)  # segment = one state chunk
     monkeypatch.setattr(pytorch_kernel, "_SMALL_STEP", small_step)
-    cfg = (2, 4, 64 * 3 + 17, 4, 2, True, True, True, True, False)
+    cfg = (2, 4, 64 * 3 + 17, 4, 2, True, True, True, True, layout)
     compare_with_reference(selective_scan, cfg, torch.float32, rtol=1e-4, atol_frac=1e-4)
 
 
 def test_saved_states_are_the_states_at_chunk_ends():
-    from dispatchcount.kernels.selective_scan.validation import state_chunk
+    from dispatchcount.kernels.scan.validation import state_chunk
 
     u, delta, A, B, C, D, z, bias = make_inputs(2, 4, 150, 3, 2, has_D=True, has_z=True,
                                                  has_bias=True, requires_grad=False)
@@ -222,10 +239,12 @@ def test_no_grad_inputs_and_float64_forward():
 # gradcheck, opcheck, torch.compile
 
 
-@pytest.mark.parametrize("has_opt,softplus,groups", [(False, False, 1), (True, True, 2)])
-def test_gradcheck_float64(has_opt, softplus, groups):
+@pytest.mark.parametrize("has_opt,softplus,groups,layout", [
+    (False, False, 1, "3d"), (True, True, 2, "grouped"), (True, False, 2, "const_B"),
+    (False, True, 1, "const_BC")])
+def test_gradcheck_float64(has_opt, softplus, groups, layout):
     inputs = make_inputs(2, 4, 7, 3, groups, has_D=has_opt, has_z=has_opt, has_bias=has_opt,
-                         dtype=torch.float64)
+                         dtype=torch.float64, layout=layout)
     inputs[2] = inputs[2].detach().to(torch.float64).requires_grad_(True)
     if has_opt:
         inputs[5] = inputs[5].detach().double().requires_grad_(True)
@@ -237,11 +256,12 @@ def test_gradcheck_float64(has_opt, softplus, groups):
     assert torch.autograd.gradcheck(fn, tuple(inputs), eps=1e-6, atol=1e-5, rtol=1e-4)
 
 
-def test_opcheck_forward_and_backward():
+@pytest.mark.parametrize("layout", ["grouped", "const_BC"])
+def test_opcheck_forward_and_backward(layout):
     from torch.library import opcheck
 
-    u, delta, A, B, C, D, z, bias = make_inputs(2, 4, 20, 4, 2, has_D=True, has_z=True,
-                                                has_bias=True, requires_grad=False)
+    u, delta, A, B, C, D, z, bias = make_inputs(2, 4, 70, 4, 2, has_D=True, has_z=True,
+                                                has_bias=True, layout=layout, requires_grad=False)
     opcheck(torch.ops.dispatchcount.selective_scan.default,
             (u, delta, A, B, C, D, z, bias, True, True))
     u.requires_grad_(True)
@@ -259,7 +279,7 @@ def test_opcheck_forward_and_backward():
 
 
 def test_torch_compile_fullgraph():
-    inputs = make_inputs(2, 4, 12, 4, 2, has_D=True, has_z=True, has_bias=True)
+    inputs = make_inputs(2, 4, 12, 4, 2, has_D=True, has_z=True, has_bias=True, layout="const_B")
 
     def fn(u, delta, A, B, C, D, z, bias):
         return selective_scan(u, delta, A, B, C, D, z, bias, delta_softplus=True).sum()
@@ -275,6 +295,59 @@ def test_torch_compile_fullgraph():
         torch.testing.assert_close(got, want)
 
 
+class _GraphSeen(Exception):
+    pass
+
+
+def _aot_forward_graph_ops(device):
+    """The ops of the forward graph AOTAutograd (torch.compile's middle layer) traces for the op
+    on fake tensors of ``device``: no data, so fake CUDA tensors work without a GPU."""
+    from functorch.compile import aot_function
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    ops = []
+
+    def record(gm, _):
+        ops.extend(str(n.target) for n in gm.graph.nodes if n.op == "call_function")
+        raise _GraphSeen  # tracing is all this test needs
+
+    def fn(*xs):
+        return torch.ops.dispatchcount.selective_scan(*xs, None, None, True, True)
+
+    real = make_inputs(2, 4, 10, 3, 1, has_D=True, has_z=False, has_bias=False, layout="const_C",
+                       requires_grad=False)[:6]
+    with FakeTensorMode():
+        xs = [torch.empty(t.shape, dtype=t.dtype, device=device) for t in real]
+        with pytest.raises(_GraphSeen):
+            aot_function(fn, fw_compiler=record)(*xs)
+    return ops
+
+
+def test_torch_compile_traces_into_the_triton_kernel_on_cuda_and_keeps_the_op_whole_on_cpu():
+    """On CUDA the op is a triton_op: torch.compile sees its Triton kernel launch (and no
+    custom-op call); on CPU the op stays one opaque node (its PyTorch kernel loops over time)."""
+    pytest.importorskip("triton")
+    from torch._higher_order_ops.triton_kernel_wrap import kernel_side_table
+
+    from dispatchcount.kernels.scan import op, triton_kernels
+
+    assert op.TRACEABLE  # torch >= 2.6
+    cpu = _aot_forward_graph_ops("cpu")
+    assert "dispatchcount.selective_scan.default" in cpu
+    assert not any("triton" in name for name in cpu)
+    cuda = _aot_forward_graph_ops("cuda")
+    assert "dispatchcount.selective_scan.default" not in cuda
+    assert "triton_kernel_wrapper_functional" in cuda
+    assert triton_kernels._fwd_kernel in [kernel_side_table.get_kernel(i)
+                                          for i in range(len(kernel_side_table.id_to_kernel))]
+    # torch's compile caches key on the kernels a triton_op launches: both are found
+    from torch._library.triton import get_triton_kernels_for_op
+
+    assert triton_kernels._fwd_kernel in get_triton_kernels_for_op("dispatchcount::selective_scan")
+    assert triton_kernels._bwd_kernel in get_triton_kernels_for_op(
+        "dispatchcount::selective_scan_backward")
+
+
 def test_meta_tensors_give_shapes_without_compute():
     meta = [t.to("meta") if t is not None else None
             for t in make_inputs(3, 8, 1000, 16, 4, has_D=True, has_z=True, has_bias=True,
@@ -283,14 +356,108 @@ def test_meta_tensors_give_shapes_without_compute():
     assert out.shape == (3, 8, 1000) and out.dtype == torch.bfloat16 and out.device.type == "meta"
     assert last.shape == (3, 8, 16) and last.dtype == torch.float32
     assert states.shape == (3, 8, math.ceil(1000 / 64), 16)
+    meta[3] = torch.empty(8, 16, device="meta")  # constant B: its gradient is (dim, N)
+    grads = torch.ops.dispatchcount.selective_scan_backward(
+        meta[0], None, *meta, True, states)
+    assert [tuple(g.shape) for g in grads] == [(3, 8, 1000), (3, 8, 1000), (8, 16), (8, 16),
+                                               (3, 4, 16, 1000), (8,), (3, 8, 1000), (8,)]
 
 
-def test_does_not_import_triton():
+@pytest.mark.parametrize("sizes", [(0, 4, 10), (2, 4, 0), (0, 0, 0), (2, 0, 5)])
+@pytest.mark.parametrize("layout", ["grouped", "const_BC"])
+def test_empty_inputs(sizes, layout):
+    """batch, dim or L of 0: empty output, zero last state, zero gradients (nothing depends on
+    the inputs), with and without grad, on CPU and meta."""
+    batch, dim, length = sizes
+    groups = 2 if dim else 1
+    inputs = make_inputs(batch, dim, length, 3, groups, has_D=True, has_z=True, has_bias=True,
+                         layout=layout)
+    with torch.no_grad():
+        out = selective_scan(*inputs, delta_softplus=True)
+    assert out.shape == (batch, dim, length)
+    out, last = selective_scan(*inputs, delta_softplus=True, return_last_state=True)
+    assert out.shape == (batch, dim, length) and torch.equal(last, torch.zeros(batch, dim, 3))
+    loss = out.sum() + (last * 2).sum()
+    grads = torch.autograd.grad(loss, inputs)
+    for t, g in zip(inputs, grads):
+        assert g.shape == t.shape and not g.any()
+    meta = [t.detach().to("meta") for t in inputs]
+    out, last, states = torch.ops.dispatchcount.selective_scan(*meta, True, True)
+    assert out.shape == (batch, dim, length) and last.shape == (batch, dim, 3)
+
+
+def test_does_not_need_triton():
+    """dispatchcount imports without triton, and dispatchcount.kernels works without it (CPU)."""
     import subprocess
 
-    code = ("import sys, dispatchcount, dispatchcount.kernels; "
-            "assert 'triton' not in sys.modules, 'triton imported'")
-    subprocess.run([sys.executable, "-c", code], check=True)
+    code = ("import sys; sys.modules['triton'] = None\n"  # import triton -> ImportError
+            "import dispatchcount, torch\n"
+            "from dispatchcount.kernels import selective_scan\n"
+            "from dispatchcount.kernels.scan import op\n"
+            "assert op.triton_forward is None\n"
+            "u = torch.randn(1, 2, 5)\n"
+            "print(selective_scan(u, u.abs(), -torch.ones(2, 3), torch.randn(1, 3, 5), torch.randn(2, 3)).shape)\n"
+            "try:\n"
+            "    import dispatchcount.kernels.scan.triton_kernels\n"
+            "except ImportError as e:\n"
+            "    print(e)\n")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert run.stderr == ""  # no warning on import or on CPU
+    assert run.stdout.splitlines() == [
+        "torch.Size([1, 2, 5])",
+        "the selective scan's Triton kernels need triton: pip install 'dispatchcount[triton]'"]
+
+
+def test_triton_is_an_extra_not_a_dependency():
+    """pip install dispatchcount pulls no triton; [triton] and [test] (what CI installs) do."""
+    import re
+    from importlib.metadata import requires
+
+    triton = [r for r in requires("dispatchcount") if re.match(r"triton\b", r)]
+    extras = sorted(m.group(1) for r in triton for m in [re.search(r'extra == "(\w+)"', r)] if m)
+    assert len(triton) == 2 and extras == ["test", "triton"], triton
+
+
+def test_cuda_without_triton_falls_back_to_pytorch_with_one_warning(monkeypatch):
+    from dispatchcount.kernels.scan import op
+
+    class FakeCudaTensor:  # runs_triton only reads the device and dtype
+        device, dtype = torch.device("cuda"), torch.float32
+
+    monkeypatch.setattr(op, "triton_forward", None)
+    monkeypatch.setattr(op, "_warned_no_triton", False)
+    with pytest.warns(RuntimeWarning, match=r"pip install 'dispatchcount\[triton\]'"):
+        assert op.runs_triton(FakeCudaTensor()) is False
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert op.runs_triton(FakeCudaTensor()) is False  # once only
+
+
+def test_package_names_and_a_second_import_name():
+    """``dispatchcount.kernels.selective_scan`` is the function and ``.scan`` its package; the
+    checkout's ``kernels`` imported as a top-level name is the same package (ops defined once)."""
+    import subprocess
+    from pathlib import Path
+
+    code = ("import types, torch, kernels, dispatchcount.kernels as dk\n"
+            "import kernels.scan.op as alias_op, dispatchcount.kernels.scan.op as real_op\n"
+            "import dispatchcount.kernels.scan as m\n"
+            "assert kernels is dk and alias_op is real_op, (kernels, dk)\n"
+            "assert isinstance(m, types.ModuleType) and callable(dk.selective_scan)\n"
+            "assert dk.selective_scan is m.selective_scan\n"
+            "from dispatchcount import FlopMode\n"
+            "u = torch.randn(1, 2, 5)\n"
+            "args = (u, u.abs(), -torch.ones(2, 3), torch.randn(1, 3, 5), torch.randn(1, 3, 5))\n"
+            "with FlopMode() as fm:\n"
+            "    kernels.selective_scan(*args)\n"
+            "print(fm.by_operator())\n")
+    root = Path(__file__).resolve().parents[1]
+    run = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr[-3000:]
+    # 1*2*5 = 10 (b,d,l), N = 3: 10 * (7*3 + 1), once
+    assert run.stdout.strip() == "{'dispatchcount.selective_scan': 220}"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -322,6 +489,17 @@ def _good(**over):
     (dict(u=torch.randint(0, 3, (2, 8, 10))), r"u has dtype torch.int64, needs float32"),
     (dict(B=torch.randn(2, 2, 4, 10, dtype=torch.float64)), r"B has dtype torch.float64"),
     (dict(D=torch.randn(8, device="meta")), r"D is on device meta, needs u's device cpu"),
+    (dict(D=1.0), r"D is a float, needs a torch.Tensor or None \(a \(dim,\) tensor, e.g. "
+                  r"torch.full\(\(dim,\), 1.0\)\)"),
+    (dict(delta_bias=[0.1] * 8), r"delta_bias is a list, needs a torch.Tensor or None"),
+    (dict(B=[[1.0] * 10] * 4), r"B is a list, needs a torch.Tensor$"),
+    (dict(u=None), r"u is a NoneType, needs a torch.Tensor"),
+    (dict(A=-torch.rand(8, 4, dtype=torch.complex64)),
+     r"A has dtype torch.complex64, needs a real dtype \(float32\): complex A .* is not supported"),
+    (dict(B=torch.randn(8, 5)), r"B has shape \(8, 5\), needs \(dim, N\) = \(8, 4\) constant, "
+                                r"\(batch, N, L\) = \(2, 4, 10\) or \(batch, G, N, L\)"),
+    (dict(C=torch.randn(2, 1, 4, 10)),
+     r"C has shape \(2, 1, 4, 10\), needs the shape of B \(2, 2, 4, 10\) \(or \(dim, N\) = \(8, 4\) constant\)"),
 ])
 def test_bad_input_raises_value_error(over, pattern):
     with pytest.raises(ValueError, match=pattern):
@@ -370,6 +548,10 @@ def test_forward_flop_formula_by_hand():
     assert resolve(fwd, "fvcore")(*args, True, False) == 6080
     # trailing defaulted args absent, as a dispatch mode may pass them: u..C only.
     assert resolve(fwd, "fvcore")(*args[:5]) == 9 * 160 * 4
+    # constant (dim, N) B and C: the same multiply-adds per (b,d,l,n), B[d,n] read at every step
+    const = [*args[:3], torch.empty(8, 4, device="meta"), torch.empty(8, 4, device="meta"), *args[5:]]
+    assert resolve(fwd, "flop")(*const, True, False) == 7040
+    assert resolve(fwd, "fvcore")(*const, True, False) == 6080
 
 
 def test_backward_flop_formula_by_hand():
@@ -389,6 +571,11 @@ def test_backward_flop_formula_by_hand():
     assert got == 19680 + 64
     # fvcore: twice the forward's 6080.
     assert resolve(bwd, "fvcore")(dout, dlast, u, delta, A, B, C, D, z, bias, True, states) == 12160
+    # constant B and C: dB = sum_{b,l} g*delta*u and dC = sum_{b,l} dy*h are the same
+    # multiply-adds as the time-varying sums over d: the same counts.
+    Bc, Cc = torch.empty(8, 4, device="meta"), torch.empty(8, 4, device="meta")
+    got = resolve(bwd, "flop")(dout, dlast, u, delta, A, Bc, Cc, D, z, bias, True, states)
+    assert got == 19680 + 64
 
 
 # ----------------------------------------------------------------------------------------------

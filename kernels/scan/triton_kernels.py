@@ -1,6 +1,9 @@
 """Triton kernels for the selective scan (forward and backward) and their launchers.
 
-This module imports triton; nothing imports it until a Triton kernel is about to run.
+This module imports triton (an optional dependency: ``pip install 'dispatchcount[triton]'``);
+without it, importing this module raises an ImportError that says so, and the op runs its
+PyTorch kernel instead. Kernels are launched through ``torch.library.wrap_triton`` so that
+``torch.compile`` can trace the launches (see op.py).
 
 Layout idea: a program owns BLOCK_D channels of one group, each channel's N-vector state in
 registers, and walks time sequentially in steps of T (T time steps of u, delta, z, B, C are
@@ -20,21 +23,35 @@ the program's channels and written as one partial per program and time step (sum
 group's programs afterwards: deterministic, no atomics); dA, dD, ddelta_bias are accumulated
 per (batch, channel) in registers and summed over the batch afterwards.
 
+A constant B or C (dim, N) is loaded once per program as a (channels x N) tile; its gradient
+is accumulated per (batch, channel) in registers like dA's.
+
 All arithmetic is fp32; u, delta, z, B, C, out and gradients are read/written in their own
 dtype (fp32, fp16 or bf16).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 from typing import Optional
 
 import torch
-import triton
-import triton.language as tl
 from torch import Tensor
 
-from .validation import check_inputs, num_chunks, state_chunk
+try:
+    import triton
+    import triton.language as tl
+except ImportError as error:
+    raise ImportError("the selective scan's Triton kernels need triton: "
+                      "pip install 'dispatchcount[triton]'") from error
+
+from .validation import ScanInputs, check_inputs, is_abstract, next_pow2, num_chunks, state_chunk
+
+try:
+    from torch.library import wrap_triton as _torch_wrap_triton
+except ImportError:  # torch < 2.6
+    _torch_wrap_triton = None
 
 __all__ = ["forward", "backward", "forward_config", "backward_config"]
 
@@ -80,6 +97,71 @@ def _pick3(tile, sel):
 
 
 @triton.jit
+def _at_step(tile, sel, CONST: tl.constexpr):
+    """B or C at step ``sel``, broadcastable to (BLOCK_D, BLOCK_N): a constant's (d, n) tile as
+    it is, else column ``sel`` of the (N, T) tile loaded for the time-varying one."""
+    if CONST:
+        return tile
+    else:
+        return _pick(tile, sel)[None, :]
+
+
+@triton.jit
+def _load_step(ptrs, mask, tile, CONST: tl.constexpr):
+    """B or C at one step, broadcastable to (BLOCK_D, BLOCK_N): a constant's (d, n) tile as it
+    is, else the step's N values loaded from ``ptrs``."""
+    if CONST:
+        return tile
+    else:
+        return tl.load(ptrs, mask=mask, other=0.0).to(tl.float32)[None, :]
+
+
+@triton.jit
+def _load_const(ptr, d, offs_n, N, mask_dn, CONST: tl.constexpr):
+    """The (BLOCK_D, BLOCK_N) tile of a constant, contiguous (dim, N) B or C (zeros otherwise)."""
+    if CONST:
+        return tl.load(ptr + d[:, None] * N + offs_n[None, :], mask=mask_dn, other=0.0).to(tl.float32)
+    else:
+        return tl.zeros(mask_dn.shape, dtype=tl.float32)
+
+
+@triton.jit
+def _program(Dg, N, n_dblocks, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr):
+    """This program's place: (pid, batch b, group, its channels d, their mask, offs_n, the
+    (channel, state) mask). Program pid owns BLOCK_D channels of group pid // n_dblocks."""
+    pid = tl.program_id(0)
+    b = tl.program_id(1).to(tl.int64)
+    grp = pid // n_dblocks
+    offs_dg = (pid % n_dblocks) * BLOCK_D + tl.arange(0, BLOCK_D)
+    mask_d = offs_dg < Dg
+    d = (grp * Dg + offs_dg).to(tl.int64)
+    offs_n = tl.arange(0, BLOCK_N)
+    mask_dn = mask_d[:, None] & (offs_n < N)[None, :]
+    return pid, b, grp, d, mask_d, offs_n, mask_dn
+
+
+@triton.jit
+def _channel_params(A_ptr, sA_d, sA_n, bias_ptr, sbias, D_ptr, sD, B_ptr, C_ptr, d, offs_n, N,
+                    mask_d, mask_dn, HAS_BIAS: tl.constexpr, HAS_D: tl.constexpr,
+                    B_CONST: tl.constexpr, C_CONST: tl.constexpr):
+    """What a program reads once, in fp32: A (0 where padded), delta_bias and D (0 when
+    absent), and the tiles of a constant B and C."""
+    A = tl.load(A_ptr + d[:, None] * sA_d + offs_n[None, :] * sA_n, mask=mask_dn,
+                other=0.0).to(tl.float32)
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr + d * sbias, mask=mask_d, other=0.0).to(tl.float32)
+    else:
+        bias = tl.zeros(mask_d.shape, dtype=tl.float32)
+    if HAS_D:
+        Dv = tl.load(D_ptr + d * sD, mask=mask_d, other=0.0).to(tl.float32)
+    else:
+        Dv = tl.zeros(mask_d.shape, dtype=tl.float32)
+    B_dn = _load_const(B_ptr, d, offs_n, N, mask_dn, B_CONST)
+    C_dn = _load_const(C_ptr, d, offs_n, N, mask_dn, C_CONST)
+    return A, bias, Dv, B_dn, C_dn
+
+
+@triton.jit
 def _put(tile, sel, col):
     """``tile`` with column ``sel`` replaced by ``col``."""
     return tl.where(sel[None, :], col[:, None], tile)
@@ -98,28 +180,15 @@ def _fwd_kernel(
     sD, sbias,
     sz_b, sz_d, sz_l,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr,
-    SOFTPLUS: tl.constexpr, SAVE_STATES: tl.constexpr,
+    SOFTPLUS: tl.constexpr, SAVE_STATES: tl.constexpr, B_CONST: tl.constexpr, C_CONST: tl.constexpr,
     BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, CHUNK: tl.constexpr, T: tl.constexpr,
 ):
-    pid = tl.program_id(0)
-    b = tl.program_id(1).to(tl.int64)
-    grp = pid // n_dblocks
-    offs_dg = (pid % n_dblocks) * BLOCK_D + tl.arange(0, BLOCK_D)
-    mask_d = offs_dg < Dg
-    d = (grp * Dg + offs_dg).to(tl.int64)
-    offs_n = tl.arange(0, BLOCK_N)
-    mask_n = offs_n < N
-    mask_dn = mask_d[:, None] & mask_n[None, :]
+    pid, b, grp, d, mask_d, offs_n, mask_dn = _program(Dg, N, n_dblocks, BLOCK_D, BLOCK_N)
     offs_t = tl.arange(0, T)
-
-    A2 = tl.load(A_ptr + d[:, None] * sA_d + offs_n[None, :] * sA_n, mask=mask_dn, other=0.0)
-    A2 = A2.to(tl.float32) * LOG2E  # exp(x) = exp2(x * log2(e)); padded (d, n) get a = 1
-    if HAS_BIAS:
-        bias = tl.load(bias_ptr + d * sbias, mask=mask_d, other=0.0).to(tl.float32)
-    else:
-        bias = tl.zeros([BLOCK_D], dtype=tl.float32)
-    if HAS_D:
-        Dv = tl.load(D_ptr + d * sD, mask=mask_d, other=0.0).to(tl.float32)
+    A, bias, Dv, B_dn, C_dn = _channel_params(
+        A_ptr, sA_d, sA_n, bias_ptr, sbias, D_ptr, sD, B_ptr, C_ptr, d, offs_n, N, mask_d, mask_dn,
+        HAS_BIAS, HAS_D, B_CONST, C_CONST)
+    A2 = A * LOG2E  # exp(x) = exp2(x * log2(e)); padded (d, n) get a = 1
 
     u_row = u_ptr + b * su_b + d[:, None] * su_d
     dt_row = delta_ptr + b * sdt_b + d[:, None] * sdt_d
@@ -134,19 +203,25 @@ def _fwd_kernel(
         tt = t0 + offs_t
         mask_t = tt < L
         m2 = mask_d[:, None] & mask_t[None, :]
-        mnt = mask_n[:, None] & mask_t[None, :]
+        mnt = (offs_n < N)[:, None] & mask_t[None, :]
         delta, raw = _load_delta(dt_row + tt[None, :] * sdt_l, m2, bias, SOFTPLUS)
         u = tl.load(u_row + tt[None, :] * su_l, mask=m2, other=0.0).to(tl.float32)
-        Bt = tl.load(B_row + tt[None, :] * sB_l, mask=mnt, other=0.0).to(tl.float32)
-        Ct = tl.load(C_row + tt[None, :] * sC_l, mask=mnt, other=0.0).to(tl.float32)
+        if B_CONST:
+            Bt = B_dn
+        else:
+            Bt = tl.load(B_row + tt[None, :] * sB_l, mask=mnt, other=0.0).to(tl.float32)
+        if C_CONST:
+            Ct = C_dn
+        else:
+            Ct = tl.load(C_row + tt[None, :] * sC_l, mask=mnt, other=0.0).to(tl.float32)
         du = delta * u
         y = tl.zeros([BLOCK_D, T], dtype=tl.float32)
         # Padded steps (t >= L) have delta = 0, so a = 1 and b = 0: h is left unchanged.
         for j in tl.static_range(T):
             sel = offs_t == j
             a = tl.exp2(_pick(delta, sel)[:, None] * A2)
-            h = a * h + _pick(du, sel)[:, None] * _pick(Bt, sel)[None, :]
-            y = _put(y, sel, tl.sum(h * _pick(Ct, sel)[None, :], axis=1))
+            h = a * h + _pick(du, sel)[:, None] * _at_step(Bt, sel, B_CONST)
+            y = _put(y, sel, tl.sum(h * _at_step(Ct, sel, C_CONST), axis=1))
         if HAS_D:
             y += Dv[:, None] * u
         if HAS_Z:
@@ -175,31 +250,19 @@ def _bwd_kernel(
     sD, sbias,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr,
     SOFTPLUS: tl.constexpr, HAS_DLAST: tl.constexpr, KEEP_DECAY: tl.constexpr,
+    B_CONST: tl.constexpr, C_CONST: tl.constexpr,
     BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, CHUNK: tl.constexpr, T: tl.constexpr,
 ):
-    # Bt, Ct: contiguous (batch, groups, L, N) copies of B, C: a step's N values are contiguous.
+    # Bt, Ct: contiguous (batch, groups, L, N) copies of B, C: a step's N values are contiguous;
+    # a constant B/C: contiguous (dim, N), with its gradient written like dA's (batch, dim, N).
     SUB: tl.constexpr = CHUNK // T  # sub-chunks per chunk
-    pid = tl.program_id(0)
-    b = tl.program_id(1).to(tl.int64)
+    pid, b, grp, d, mask_d, offs_n, mask_dn = _program(Dg, N, n_dblocks, BLOCK_D, BLOCK_N)
     n_groups = dim // Dg
-    grp = pid // n_dblocks
-    offs_dg = (pid % n_dblocks) * BLOCK_D + tl.arange(0, BLOCK_D)
-    mask_d = offs_dg < Dg
-    d = (grp * Dg + offs_dg).to(tl.int64)
-    offs_n = tl.arange(0, BLOCK_N)
-    mask_n = offs_n < N
-    mask_dn = mask_d[:, None] & mask_n[None, :]
     offs_t = tl.arange(0, T)
-
-    A = tl.load(A_ptr + d[:, None] * sA_d + offs_n[None, :] * sA_n, mask=mask_dn,
-                other=0.0).to(tl.float32)
+    A, bias, Dv, B_dn, C_dn = _channel_params(
+        A_ptr, sA_d, sA_n, bias_ptr, sbias, D_ptr, sD, Bt_ptr, Ct_ptr, d, offs_n, N, mask_d,
+        mask_dn, HAS_BIAS, HAS_D, B_CONST, C_CONST)
     A2 = A * LOG2E
-    if HAS_BIAS:
-        bias = tl.load(bias_ptr + d * sbias, mask=mask_d, other=0.0).to(tl.float32)
-    else:
-        bias = tl.zeros([BLOCK_D], dtype=tl.float32)
-    if HAS_D:
-        Dv = tl.load(D_ptr + d * sD, mask=mask_d, other=0.0).to(tl.float32)
 
     u_row = u_ptr + b * su_b + d[:, None] * su_d
     dt_row = delta_ptr + b * sdt_b + d[:, None] * sdt_d
@@ -219,6 +282,8 @@ def _bwd_kernel(
         g = tl.zeros([BLOCK_D, BLOCK_N], dtype=tl.float32)
     a_next = tl.full([BLOCK_D, BLOCK_N], 1.0, dtype=tl.float32)  # a_{t+1}; 1 past the end
     dA_acc = tl.zeros([BLOCK_D, BLOCK_N], dtype=tl.float32)
+    dB_acc = tl.zeros([BLOCK_D, BLOCK_N], dtype=tl.float32)  # constant B / C only
+    dC_acc = tl.zeros([BLOCK_D, BLOCK_N], dtype=tl.float32)
     dD_acc = tl.zeros([BLOCK_D], dtype=tl.float32)
     dbias_acc = tl.zeros([BLOCK_D], dtype=tl.float32)
 
@@ -227,7 +292,8 @@ def _bwd_kernel(
         # Pass 1: the state entering each sub-chunk, from the saved state before the chunk.
         h = tl.load(state_ptrs + tl.maximum(c - 1, 0) * N, mask=mask_dn, other=0.0)
         h = tl.where(c > 0, h, 0.0)
-        for k in range(SUB):
+        n_sub = tl.minimum(SUB, (L - c * CHUNK + T - 1) // T)  # sub-chunks inside the sequence
+        for k in range(n_sub):
             t0 = c * CHUNK + k * T
             tl.store(scratch + k * N, h, mask=mask_dn)
             tt = t0 + offs_t
@@ -237,9 +303,9 @@ def _bwd_kernel(
             for j in tl.static_range(T):
                 sel = offs_t == j
                 m_j = offs_n < tl.where(t0 + j < L, N, 0)  # n < N at steps inside the sequence
-                B_j = tl.load(Bt_ptr + bc_row + (t0 + j) * N, mask=m_j, other=0.0).to(tl.float32)
+                B_j = _load_step(Bt_ptr + bc_row + (t0 + j) * N, m_j, B_dn, B_CONST)
                 a = tl.exp2(_pick(delta, sel)[:, None] * A2)
-                h = a * h + _pick(du, sel)[:, None] * B_j[None, :]
+                h = a * h + _pick(du, sel)[:, None] * B_j
         tl.debug_barrier()  # scratch written by pass 1 is read by other threads in pass 2
 
         # Pass 2: sub-chunks in reverse; recompute their states, then the adjoint backwards.
@@ -261,16 +327,15 @@ def _bwd_kernel(
                 for j in tl.static_range(T):
                     sel = offs_t == j
                     m_j = offs_n < tl.where(t0 + j < L, N, 0)
-                    B_j = tl.load(Bt_ptr + bc_row + (t0 + j) * N, mask=m_j, other=0.0).to(tl.float32)
+                    B_j = _load_step(Bt_ptr + bc_row + (t0 + j) * N, m_j, B_dn, B_CONST)
                     a = tl.exp2(_pick(delta, sel)[:, None] * A2)
-                    h = a * h + _pick(du, sel)[:, None] * B_j[None, :]
+                    h = a * h + _pick(du, sel)[:, None] * B_j
                     hs = tl.where(sel[None, None, :], h[:, :, None], hs)
                     if KEEP_DECAY:
                         as_ = tl.where(sel[None, None, :], a[:, :, None], as_)
                     if HAS_Z:
-                        C_j = tl.load(Ct_ptr + bc_row + (t0 + j) * N, mask=m_j,
-                                      other=0.0).to(tl.float32)
-                        y = _put(y, sel, tl.sum(h * C_j[None, :], axis=1))
+                        C_j = _load_step(Ct_ptr + bc_row + (t0 + j) * N, m_j, C_dn, C_CONST)
+                        y = _put(y, sel, tl.sum(h * C_j, axis=1))
                 if HAS_Z:
                     if HAS_D:
                         y += Dv[:, None] * u
@@ -289,19 +354,25 @@ def _bwd_kernel(
                     j = T - 1 - jj
                     sel = offs_t == j
                     m_j = offs_n < tl.where(t0 + j < L, N, 0)
-                    B_j = tl.load(Bt_ptr + bc_row + (t0 + j) * N, mask=m_j, other=0.0).to(tl.float32)
-                    C_j = tl.load(Ct_ptr + bc_row + (t0 + j) * N, mask=m_j, other=0.0).to(tl.float32)
+                    B_j = _load_step(Bt_ptr + bc_row + (t0 + j) * N, m_j, B_dn, B_CONST)
+                    C_j = _load_step(Ct_ptr + bc_row + (t0 + j) * N, m_j, C_dn, C_CONST)
                     h_j = _pick3(hs, sel)
                     dy_j = _pick(dy, sel)
                     du_j = _pick(du, sel)
                     delta_j = _pick(delta, sel)
-                    g = dy_j[:, None] * C_j[None, :] + a_next * g
-                    tl.store(dC_ptr + part_row + (t0 + j) * N, tl.sum(dy_j[:, None] * h_j, axis=0),
-                             mask=m_j)
-                    tl.store(dB_ptr + part_row + (t0 + j) * N, tl.sum(g * du_j[:, None], axis=0),
-                             mask=m_j)
-                    p = g * (h_j - du_j[:, None] * B_j[None, :])  # g_t a_t h_{t-1}
-                    gB = tl.sum(g * B_j[None, :], axis=1)
+                    g = dy_j[:, None] * C_j + a_next * g
+                    if C_CONST:
+                        dC_acc += dy_j[:, None] * h_j
+                    else:
+                        tl.store(dC_ptr + part_row + (t0 + j) * N,
+                                 tl.sum(dy_j[:, None] * h_j, axis=0), mask=m_j)
+                    if B_CONST:
+                        dB_acc += g * du_j[:, None]
+                    else:
+                        tl.store(dB_ptr + part_row + (t0 + j) * N,
+                                 tl.sum(g * du_j[:, None], axis=0), mask=m_j)
+                    p = g * (h_j - du_j[:, None] * B_j)  # g_t a_t h_{t-1}
+                    gB = tl.sum(g * B_j, axis=1)
                     dA_acc += delta_j[:, None] * p
                     ddelta = _put(ddelta, sel, _pick(u, sel) * gB + tl.sum(p * A, axis=1))
                     du_grad = _put(du_grad, sel, delta_j * gB)
@@ -324,6 +395,10 @@ def _bwd_kernel(
         tl.debug_barrier()  # pass 2's scratch reads finish before the next pass 1 writes
 
     tl.store(dA_ptr + vec_off, dA_acc, mask=mask_dn)
+    if B_CONST:
+        tl.store(dB_ptr + vec_off, dB_acc, mask=mask_dn)
+    if C_CONST:
+        tl.store(dC_ptr + vec_off, dC_acc, mask=mask_dn)
     if HAS_D:
         tl.store(dD_ptr + b * dim + d, dD_acc, mask=mask_d)
     if HAS_BIAS:
@@ -334,12 +409,16 @@ def _bwd_kernel(
 # Launchers
 
 
-def _next_pow2(n: int) -> int:
-    return triton.next_power_of_2(max(1, n))
+def wrap_triton(kernel):
+    """``torch.library.wrap_triton(kernel)``, so that torch.compile traces the launch; the kernel
+    itself under TRITON_INTERPRET=1 or before torch 2.6."""
+    if _torch_wrap_triton is None or os.environ.get("TRITON_INTERPRET", "0") == "1":
+        return kernel
+    return _torch_wrap_triton(kernel)
 
 
 def _block_n(dstate: int) -> int:
-    return max(2, _next_pow2(dstate))
+    return max(2, next_pow2(dstate))
 
 
 def _tiles(dstate: int, dim_per_group: int, max_block_d: int) -> tuple[int, int]:
@@ -347,7 +426,7 @@ def _tiles(dstate: int, dim_per_group: int, max_block_d: int) -> tuple[int, int]
     block_n = _block_n(dstate)
     num_warps = 1 if block_n <= 32 else min(4, block_n // 32)
     block_d = min(max_block_d, max(1, 512 * num_warps // block_n))
-    return max(1, min(_next_pow2(dim_per_group), block_d)), num_warps
+    return max(1, min(next_pow2(dim_per_group), block_d)), num_warps
 
 
 def forward_config(dstate: int, dim_per_group: int, itemsize: int = 4) -> dict:
@@ -366,11 +445,11 @@ def backward_config(dstate: int, dim_per_group: int, itemsize: int = 4) -> dict:
 def _check_triton_inputs(u: Tensor) -> None:
     if u.dtype not in (torch.float32, torch.float16, torch.bfloat16):
         raise ValueError(
-            f"selective_scan_triton: u has dtype {u.dtype}, needs float32, float16 or bfloat16 "
-            "(the Triton kernels do not support float64; use the CPU kernel)")
+            f"selective_scan (Triton): u has dtype {u.dtype}, needs float32, float16 or bfloat16 "
+            "(the Triton kernels do not support float64; the op runs the PyTorch kernel for it)")
     if u.device.type != "cuda" and os.environ.get("TRITON_INTERPRET", "0") != "1":
         raise ValueError(
-            f"selective_scan_triton: u is on device {u.device}, needs a CUDA device "
+            f"selective_scan (Triton): u is on device {u.device}, needs a CUDA device "
             "(or TRITON_INTERPRET=1 set before triton is imported, to run on CPU tensors)")
 
 
@@ -379,31 +458,22 @@ def _strides(t: Optional[Tensor], n: int) -> tuple[int, ...]:
 
 
 def _groups_view(t: Tensor) -> Tensor:
-    return t if t.dim() == 4 else t.unsqueeze(1)
+    """A time-varying B/C as (batch, G, N, L); a constant one as a contiguous (dim, N)."""
+    return t.contiguous() if t.dim() == 2 else (t if t.dim() == 4 else t.unsqueeze(1))
 
 
-class _DeviceGuard:
-    def __init__(self, t: Tensor) -> None:
-        self._ctx = torch.cuda.device(t.device) if t.is_cuda else None
+def _bc_strides(t: Tensor) -> tuple[int, ...]:
+    """(batch, group, n, time) strides of a time-varying B/C view; unused (0) for a constant."""
+    return tuple(t.stride()) if t.dim() == 4 else (0, 0, 0, 0)
 
-    def __enter__(self):
-        if self._ctx is not None:
-            self._ctx.__enter__()
 
-    def __exit__(self, *exc):
-        if self._ctx is not None:
-            self._ctx.__exit__(*exc)
+def _device(t: Tensor):
+    """The CUDA device of a launch (nothing to select on CPU under the interpreter, or in tracing)."""
+    return torch.cuda.device(t.device) if t.is_cuda and not is_abstract(t) else contextlib.nullcontext()
 
 
 def forward(
-    u: Tensor,
-    delta: Tensor,
-    A: Tensor,
-    B: Tensor,
-    C: Tensor,
-    D: Optional[Tensor] = None,
-    z: Optional[Tensor] = None,
-    delta_bias: Optional[Tensor] = None,
+    x: ScanInputs,
     delta_softplus: bool = False,
     save_states: bool = True,
     *,
@@ -412,7 +482,8 @@ def forward(
     num_warps: Optional[int] = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Run the forward kernel: (out, last_state, states), like the PyTorch kernel."""
-    bsz, dim, length, n, groups = check_inputs(u, delta, A, B, C, D, z, delta_bias)
+    bsz, dim, length, n, groups, B_const, C_const = check_inputs(x)
+    u, delta, A, B, C, D, z, delta_bias = x
     _check_triton_inputs(u)
     dg = dim // groups
     chunk, n_chunks = state_chunk(n), num_chunks(length, n)
@@ -427,16 +498,17 @@ def forward(
     Bg, Cg = _groups_view(B), _groups_view(C)
     n_dblocks = triton.cdiv(dg, block_d)
     grid = (groups * n_dblocks, bsz)
-    with _DeviceGuard(u):
-        _fwd_kernel[grid](
+    with _device(u):
+        wrap_triton(_fwd_kernel)[grid](
             u, delta, A, Bg, Cg, D if D is not None else u, z if z is not None else u,
             delta_bias if delta_bias is not None else u,
             out, last, states,
             dim, length, n, dg, n_dblocks, n_chunks,
-            *u.stride(), *delta.stride(), *A.stride(), *Bg.stride(), *Cg.stride(),
+            *u.stride(), *delta.stride(), *A.stride(), *_bc_strides(Bg), *_bc_strides(Cg),
             *_strides(D, 1), *_strides(delta_bias, 1), *_strides(z, 3),
             HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
             SOFTPLUS=bool(delta_softplus), SAVE_STATES=bool(save_states),
+            B_CONST=B_const, C_CONST=C_const,
             BLOCK_D=block_d, BLOCK_N=_block_n(n), CHUNK=chunk, T=steps, num_warps=num_warps,
         )
     return out, last, states
@@ -445,14 +517,7 @@ def forward(
 def backward(
     dout: Tensor,
     dlast_state: Optional[Tensor],
-    u: Tensor,
-    delta: Tensor,
-    A: Tensor,
-    B: Tensor,
-    C: Tensor,
-    D: Optional[Tensor],
-    z: Optional[Tensor],
-    delta_bias: Optional[Tensor],
+    x: ScanInputs,
     delta_softplus: bool,
     states: Optional[Tensor] = None,
     *,
@@ -466,18 +531,13 @@ def backward(
     ``states`` are the forward's saved chunk states; when absent (or empty) they are recomputed.
     Gradients of absent optional inputs are empty tensors.
     """
-    bsz, dim, length, n, groups = check_inputs(u, delta, A, B, C, D, z, delta_bias)
+    bsz, dim, length, n, groups, B_const, C_const = check_inputs(x)
+    u, delta, A, B, C, D, z, delta_bias = x
     _check_triton_inputs(u)
-    if tuple(dout.shape) != (bsz, dim, length):
-        raise ValueError(f"selective_scan backward: dout has shape {tuple(dout.shape)}, needs "
-                         f"{(bsz, dim, length)}")
-    if dlast_state is not None and tuple(dlast_state.shape) != (bsz, dim, n):
-        raise ValueError(f"selective_scan backward: dlast_state has shape "
-                         f"{tuple(dlast_state.shape)}, needs {(bsz, dim, n)}")
     dg = dim // groups
     chunk, n_chunks = state_chunk(n), num_chunks(length, n)
     if states is None or states.shape[2] == 0:
-        states = forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, True)[2]
+        states = forward(x, delta_softplus, True)[2]
     if tuple(states.shape) != (bsz, dim, n_chunks, n) or not states.is_contiguous():
         raise ValueError(f"selective_scan backward: states has shape {tuple(states.shape)}, needs "
                          f"contiguous {(bsz, dim, n_chunks, n)} fp32 chunk states")
@@ -492,23 +552,32 @@ def backward(
     n_dblocks = triton.cdiv(dg, block_d)
     dev, f32 = u.device, torch.float32
 
+    def grad_buffer(const: bool) -> Tensor:
+        # constant B/C: one (dim, N) partial per batch element; time-varying: one (L, N) partial
+        # per program, each time step's N values written contiguously
+        if const:
+            return torch.empty(bsz, dim, n, dtype=f32, device=dev)
+        return torch.empty(bsz, groups, n_dblocks, length, n, dtype=f32, device=dev)
+
+    def grad_of(part: Tensor, t: Tensor, const: bool) -> Tensor:
+        full = part.sum(0) if const else part.sum(2).transpose(-1, -2).reshape(t.shape)
+        return full.to(t.dtype).contiguous()
+
     du = torch.empty(bsz, dim, length, dtype=u.dtype, device=dev)
     ddelta = torch.empty(bsz, dim, length, dtype=delta.dtype, device=dev)
     dz = torch.empty(bsz, dim, length, dtype=z.dtype, device=dev) if z is not None else None
     dA_part = torch.empty(bsz, dim, n, dtype=f32, device=dev)
-    # one (L, N) partial per program: each time step's N values are written contiguously
-    dB_part = torch.empty(bsz, groups, n_dblocks, length, n, dtype=f32, device=dev)
-    dC_part = torch.empty_like(dB_part)
+    dB_part, dC_part = grad_buffer(B_const), grad_buffer(C_const)
     scratch = torch.empty(bsz, dim, chunk // steps, n, dtype=f32, device=dev)
     dD_part = torch.empty(bsz, dim, dtype=f32, device=dev) if D is not None else None
     dbias_part = torch.empty(bsz, dim, dtype=f32, device=dev) if delta_bias is not None else None
     dlast = dlast_state.contiguous() if dlast_state is not None else None
     # (batch, G, L, N) copies: a time step's N values of B and C are then contiguous
-    Bt = _groups_view(B).transpose(-1, -2).contiguous()
-    Ct = _groups_view(C).transpose(-1, -2).contiguous()
+    Bt = B.contiguous() if B_const else _groups_view(B).transpose(-1, -2).contiguous()
+    Ct = C.contiguous() if C_const else _groups_view(C).transpose(-1, -2).contiguous()
     grid = (groups * n_dblocks, bsz)
-    with _DeviceGuard(u):
-        _bwd_kernel[grid](
+    with _device(u):
+        wrap_triton(_bwd_kernel)[grid](
             u, delta, A, Bt, Ct, D if D is not None else u, z if z is not None else u,
             delta_bias if delta_bias is not None else u, dout, dlast if dlast is not None else u,
             states, scratch,
@@ -520,6 +589,7 @@ def backward(
             *_strides(D, 1), *_strides(delta_bias, 1),
             HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
             SOFTPLUS=bool(delta_softplus), HAS_DLAST=dlast is not None, KEEP_DECAY=keep_decay,
+            B_CONST=B_const, C_CONST=C_const,
             BLOCK_D=block_d, BLOCK_N=_block_n(n), CHUNK=chunk, T=steps, num_warps=num_warps,
         )
 
@@ -530,8 +600,8 @@ def backward(
         du,
         ddelta,
         dA_part.sum(0).to(A.dtype),
-        dB_part.sum(2).transpose(-1, -2).reshape(B.shape).to(B.dtype),
-        dC_part.sum(2).transpose(-1, -2).reshape(C.shape).to(C.dtype),
+        grad_of(dB_part, B, B_const),
+        grad_of(dC_part, C, C_const),
         dD_part.sum(0).to(D.dtype) if D is not None else empty(),
         dz if dz is not None else empty(),
         dbias_part.sum(0).to(delta_bias.dtype) if delta_bias is not None else empty(),

@@ -28,9 +28,12 @@ Backward, per (b,d,l): 4, plus
     delta_bias: recompute the add 1, ddelta_bias sum 1
 Backward, per (b,d,n): 1 with a last-state gradient (added to the adjoint at the last step).
 
+A constant (dim, N) B or C counts the same: the same multiply-adds per (b,d,l,n), its gradient
+reduced over (batch, time) instead of the group's channels.
+
 Convention "fvcore": VMamba's published count (``flops_selective_scan_fn``, after
 https://github.com/state-spaces/mamba/issues/110): 9*Bt*L*Dm*N, + Bt*Dm*L with D, + Bt*Dm*L
-with z; softplus and the bias are not counted. fvcore traces the forward only; the backward
+with z, whatever the form of B and C; softplus and the bias are not counted. fvcore traces the forward only; the backward
 here counts twice the forward, the usual training-cost rule (backward ~ 2 x forward, as for a
 linear layer under this project's fvcore convention, and Kaplan et al. 2020), so a training
 step counts 3x the published forward figure.

@@ -19,14 +19,15 @@ aten = torch.ops.aten
 @register_formula([aten.mm, aten._int_mm])
 def mm_flop(a, b, *args, out=None, **kwargs) -> int:
     m, k = a.shape
-    n = b.shape[-1]
-    return macs_to_flops(m * n * k, a.dtype)
+    if a.dtype.is_floating_point:  # the common case, without a helper call (every nn.Linear)
+        return 2 * m * b.shape[-1] * k
+    return macs_to_flops(m * b.shape[-1] * k, a.dtype)
 
 
 @register_formula([aten.addmm, aten._addmm_activation])
 def addmm_flop(bias, a, b, *args, out=None, **kwargs) -> int:
-    m, k = a.shape  # as mm_flop, written out: addmm runs for every nn.Linear
-    return macs_to_flops(m * b.shape[-1] * k, a.dtype)
+    m, k = a.shape  # mm_flop's, written out: addmm runs for every nn.Linear
+    return 2 * m * b.shape[-1] * k if a.dtype.is_floating_point else mm_flop(a, b)
 
 
 @register_formula(aten.bmm)

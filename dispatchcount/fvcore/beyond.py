@@ -18,7 +18,9 @@ handles never look at dtypes), and lists them in ``beyond_fvcore()`` (:data:`BEY
   (counted by the function-level hook, see ``hook.py``) give the same number; their backward
   kernels twice that (input and weight gradients);
 - convolution backend kernels reached without ``aten.convolution`` above them;
-- attention kernels not in ``rules.py`` (cuDNN, in-place flash, the math path of SDPA).
+- attention kernels not in ``rules.py`` (cuDNN, in-place flash, the math path of SDPA);
+- rarely reached kernels (sparse COO/CSR products, mkldnn and nested-tensor backward kernels,
+  convolution backward backends): half the ``flop`` convention's count.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ import torch
 from dispatchcount.formulas._helpers import argument as _arg
 from dispatchcount.formulas._helpers import attention_backward_macs, attention_macs, conv_macs, prod
 from dispatchcount.formulas._helpers import result_tensor
-from dispatchcount.registry import register_formula
+from dispatchcount.registry import register_formula, resolve
 
 __all__ = ["BEYOND", "rnn_macs"]
 
@@ -260,5 +262,42 @@ _KERNELS = [
     *_register(["_flash_attention_forward_no_dropout_inplace"], _flash_inplace),
 ]
 
-BEYOND: frozenset[str] = frozenset(f"aten.{p.__name__}" for p in _PRODUCTS + _RNN + _KERNELS)
+# -- rarely reached kernels: half the ``flop`` convention's count ------------------------------
+#
+# Sparse (COO/CSR) products, the mkldnn/nested-tensor linear and matmul backward kernels, the
+# convolution backward kernels below ``convolution_backward`` and the Triton attention block: their
+# ``flop`` formulas count 2 FLOPs per multiply-add (8 for complex), so the multiply-adds are that
+# count divided back.
+
+
+def _halved(op: Any):
+    def formula(*args, out=None, **kwargs) -> int:
+        flop_rule = resolve(op, "flop")  # looked up when called: the flop rules may load later
+        if not callable(flop_rule):
+            raise ValueError(f"{op}: no rule under convention 'flop' to derive its multiply-adds from")
+        first = next((a for a in args if isinstance(a, torch.Tensor)), None)
+        per_mac = 8 if first is not None and first.dtype.is_complex else 2
+        return flop_rule(*args, out=out, **kwargs) // per_mac
+
+    return formula
+
+
+def _register_halved(names: Sequence[str]) -> list:
+    ops = _ops(*names)
+    for packet in ops:
+        for overload in packet.overloads():
+            op = getattr(packet, overload)
+            register_formula(op, FVCORE)(_halved(op))
+    return ops
+
+
+_HALVED = _register_halved([
+    "_sparse_addmm", "hspmm", "sspaddmm", "sparse_sampled_addmm", "_sparse_mm_reduce_impl",
+    "_sparse_mm_reduce_impl_backward", "_sparse_sparse_matmul", "matmul_backward",
+    "mkldnn_linear_backward_input", "mkldnn_linear_backward_weights", "_slow_conv2d_backward",
+    "convolution_backward_overrideable", "mps_convolution_backward", "mps_convolution_transpose_backward",
+    "_triton_multi_head_attention",
+])
+
+BEYOND: frozenset[str] = frozenset(f"aten.{p.__name__}" for p in _PRODUCTS + _RNN + _KERNELS + _HALVED)
 """Operator names of the ops above (``by_operator()`` keys)."""

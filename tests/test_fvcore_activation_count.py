@@ -2,31 +2,17 @@
 
 from __future__ import annotations
 
-import logging
-import warnings
 from collections import Counter, defaultdict
 from math import prod
 
-import pytest
 import torch
 from torch import nn
 
 from dispatchcount.fvcore import ActivationCountAnalysis, activation_count
+from fvcore_reference import fvcore_nn, quiet, scaled  # noqa: F401 (quiet: an autouse fixture)
 
-with warnings.catch_warnings():
-    warnings.simplefilter("ignore", DeprecationWarning)
-    import fvcore.nn as fvcore_nn
 
 LIN_OP = "linear"  # what nn.Linear traces to on this PyTorch (tests/test_fvcore_flop_count.py)
-
-
-@pytest.fixture(autouse=True)
-def _quiet():
-    logging.disable(logging.WARNING)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        yield
-    logging.disable(logging.NOTSET)
 
 
 class SmallConvNet(nn.Module):
@@ -45,10 +31,7 @@ CONV_OUTPUTS = (8 * 32 * 32, 4 * 16 * 16, 2 * 8 * 8)
 
 
 def mega(**counts: float) -> defaultdict:
-    result = defaultdict(float)
-    for name, value in counts.items():
-        result[name] = value / 1e6
-    return result
+    return scaled(1e6, **counts)
 
 
 def test_conv2d():

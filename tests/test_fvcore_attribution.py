@@ -6,27 +6,13 @@ fvcore itself (JIT tracing) is the reference; the hand-derived numbers are in th
 
 from __future__ import annotations
 
-import logging
-import warnings
 
 import pytest
 import torch
 from torch import nn
 
 from dispatchcount.fvcore import FlopCountAnalysis, flop_count_table
-
-with warnings.catch_warnings():
-    warnings.simplefilter("ignore", DeprecationWarning)
-    import fvcore.nn as fvcore_nn
-
-
-@pytest.fixture(autouse=True)
-def _quiet():
-    logging.disable(logging.WARNING)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        yield
-    logging.disable(logging.NOTSET)
+from fvcore_reference import fvcore_nn, quiet  # noqa: F401 (quiet: an autouse fixture)
 
 
 def both(model: nn.Module, inputs: tuple, mode: str = "owner"):

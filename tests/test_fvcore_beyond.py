@@ -6,8 +6,6 @@ addr, recurrent layers, and attention when SDPA runs its math path.
 from __future__ import annotations
 
 import importlib
-import logging
-import warnings
 
 import pytest
 import torch
@@ -18,21 +16,10 @@ from dispatchcount import FlopMode
 from dispatchcount.fvcore import FlopCountAnalysis
 from dispatchcount.fvcore.rules import uncounted
 from dispatchcount.registry import convention
+from fvcore_reference import fvcore_nn, quiet  # noqa: F401 (quiet: an autouse fixture)
 
-with warnings.catch_warnings():
-    warnings.simplefilter("ignore", DeprecationWarning)
-    import fvcore.nn as fvcore_nn
 
 aten = torch.ops.aten
-
-
-@pytest.fixture(autouse=True)
-def _quiet():
-    logging.disable(logging.WARNING)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        yield
-    logging.disable(logging.NOTSET)
 
 
 def counted(fn, *args, convention_name: str = "fvcore") -> FlopMode:

@@ -7,8 +7,6 @@ function's ops are seen and counted (docs/conventions.md, "fvcore's own tests").
 
 from __future__ import annotations
 
-import logging
-import warnings
 from collections import Counter, defaultdict
 
 import pytest
@@ -18,15 +16,7 @@ from torch import nn
 from torch.autograd.function import Function
 
 from dispatchcount.fvcore import _DEFAULT_SUPPORTED_OPS, FlopCountAnalysis, flop_count
-
-
-@pytest.fixture(autouse=True)
-def _quiet():
-    logging.disable(logging.WARNING)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        yield
-    logging.disable(logging.NOTSET)
+from fvcore_reference import quiet, scaled  # noqa: F401 (quiet: an autouse fixture)
 
 
 def _jit_linear_op() -> str:
@@ -111,10 +101,7 @@ class CustomNet(nn.Module):
 
 
 def giga(**flops: float) -> defaultdict:
-    result = defaultdict(float)
-    for name, value in flops.items():
-        result[name] = value / 1e9
-    return result
+    return scaled(1e9, **flops)
 
 
 def test_customized_ops():

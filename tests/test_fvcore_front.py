@@ -6,8 +6,6 @@ results are unused, modules without ops) are asserted as such.
 
 from __future__ import annotations
 
-import logging
-import warnings
 from collections import Counter
 
 import pytest
@@ -15,20 +13,8 @@ import torch
 from torch import nn
 
 from dispatchcount.fvcore import FlopCountAnalysis, flop_count_table
-
-with warnings.catch_warnings():
-    warnings.simplefilter("ignore", DeprecationWarning)
-    import fvcore.nn as fvcore_nn
-    from fvcore.nn.jit_handles import elementwise_flop_counter, generic_activation_jit
-
-
-@pytest.fixture(autouse=True)
-def _quiet():
-    logging.disable(logging.WARNING)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        yield
-    logging.disable(logging.NOTSET)
+from fvcore_reference import fvcore_nn, quiet  # noqa: F401 (quiet: an autouse fixture)
+from fvcore.nn.jit_handles import elementwise_flop_counter, generic_activation_jit  # noqa: E402
 
 
 class Net(nn.Module):

@@ -6,8 +6,6 @@ fvcore (JIT tracing) is the reference wherever it can trace the model.
 
 from __future__ import annotations
 
-import logging
-import warnings
 from collections import Counter
 
 import pytest
@@ -16,21 +14,9 @@ from torch import nn
 
 from dispatchcount import FlopMode
 from dispatchcount.fvcore import FlopCountAnalysis, JitModelAnalysis
+from fvcore_reference import fvcore_nn, quiet  # noqa: F401 (quiet: an autouse fixture)
 from fvcore_zoo import ZOO
-
-with warnings.catch_warnings():
-    warnings.simplefilter("ignore", DeprecationWarning)
-    import fvcore.nn as fvcore_nn
-    from fvcore.nn.flop_count import _DEFAULT_SUPPORTED_OPS as FVCORE_HANDLES  # fvcore's own handles
-
-
-@pytest.fixture(autouse=True)
-def _quiet():
-    logging.disable(logging.WARNING)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        yield
-    logging.disable(logging.NOTSET)
+from fvcore.nn.flop_count import _DEFAULT_SUPPORTED_OPS as FVCORE_HANDLES  # noqa: E402 (fvcore's own handles)
 
 
 class ConvNet(nn.Module):

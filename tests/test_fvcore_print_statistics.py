@@ -6,10 +6,7 @@ and behaviour. Where fvcore can trace the model, the text is also compared with 
 
 from __future__ import annotations
 
-import logging
-import warnings
 
-import pytest
 import torch
 from torch import nn
 
@@ -23,19 +20,7 @@ from dispatchcount.fvcore.table import (
     _pretty_statistics,
     _remove_zero_statistics,
 )
-
-with warnings.catch_warnings():
-    warnings.simplefilter("ignore", DeprecationWarning)
-    import fvcore.nn as fvcore_nn
-
-
-@pytest.fixture(autouse=True)
-def _quiet():
-    logging.disable(logging.WARNING)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        yield
-    logging.disable(logging.NOTSET)
+from fvcore_reference import fvcore_nn, quiet  # noqa: F401 (quiet: an autouse fixture)
 
 
 TEST_STATISTICS = {

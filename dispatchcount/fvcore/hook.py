@@ -21,8 +21,11 @@ function mode's lifetime. Per-analysis handles (``FlopCountAnalysis.set_op_handl
 the counter's own formulas (``FlopMode(formulas=...)``), for composite calls too. An active ``TorchFunctionMode`` makes
 ``torch.overrides.has_torch_function`` true, which turns off the inference fast path of
 ``nn.MultiheadAttention`` and ``nn.TransformerEncoder(Layer)`` and so changes their output bits;
-the function mode is therefore taken off the stack while those modules run (their ops are then
-counted at dispatch level, which for them gives fvcore's numbers).
+the function mode is therefore taken off the stack while those modules run, when their fast
+path is possible at all (their ops are then counted at dispatch level, which for them gives
+fvcore's numbers). Set handles (``FlopCountAnalysis.set_op_handle``) come as
+``handles.KeyedHandle`` rules; :meth:`FvcoreDispatch.charge` files their counts under the keys
+they return.
 
 The function mode also counts recurrent layers at the call (``torch.lstm``, ``torch.gru`` ...,
 the cells): what they dispatch depends on the backend (one ``mkldnn_rnn_layer`` per layer on
@@ -345,23 +348,21 @@ class FvcoreDispatch(CountingDispatch):
 
     # -- counting ------------------------------------------------------------------------
 
-    @contextmanager
     def counting_suspended(self) -> Iterator[None]:
         """While entered, dispatched ops run uncounted (a composite op was charged for them)."""
-        self.suspended += 1
-        try:
-            yield
-        finally:
-            self.suspended -= 1
+        return self._raised("suspended")
 
-    @contextmanager
     def products_as_attention(self) -> Iterator[None]:
         """While entered, ``bmm`` is charged as the math path of scaled_dot_product_attention."""
-        self.as_attention += 1
+        return self._raised("as_attention")
+
+    @contextmanager
+    def _raised(self, counter: str) -> Iterator[None]:
+        setattr(self, counter, getattr(self, counter) + 1)
         try:
             yield
         finally:
-            self.as_attention -= 1
+            setattr(self, counter, getattr(self, counter) - 1)
 
     def composite_rule(self, op: OpOverload) -> Optional[Callable[..., Any]]:
         """The formula to charge for composite ``op`` at the Python call, or None."""

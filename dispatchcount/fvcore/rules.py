@@ -4,8 +4,9 @@ fvcore's ``FlopCountAnalysis`` counts one multiply-add as one "flop" and only co
 JIT handles know (fvcore/nn/flop_count.py, ``_DEFAULT_SUPPORTED_OPS``): matmul-like ops
 (addmm, mm, bmm, matmul, linear, einsum), convolution, batch/group/layer/instance norm,
 upsample_nearest2d, upsample_bilinear2d, adaptive_avg_pool2d and grid_sampler. Everything else
-(elementwise ops, softmax, pooling, reductions ...) is left uncounted: 0 here, but still a known
-op, so ``unsupported_ops()`` stays empty.
+(elementwise ops, softmax, pooling, reductions ...) is left uncounted: 0 here, by the rule
+:func:`uncounted`, a known op (``FlopMode.unsupported_ops()`` stays empty) whose calls are
+recorded, so that the drop-in front lists them as fvcore lists its unsupported operators.
 
 JIT tracing sees composite ops (``aten::linear``, ``aten::einsum``, ``aten::instance_norm``) as
 one node; a dispatch mode in grad mode sees what they decompose into (mm, bmm,
@@ -22,7 +23,8 @@ native_batch_norm ...). So the rules come in two layers that agree with each oth
   with running stats).
 
 Matmul-like ops that fvcore merely has no handle for (``scaled_dot_product_attention`` and its
-kernels, baddbmm, mv, dot, convolution with ``padding="same"`` ...) are counted in
+kernels, baddbmm, mv, dot, convolution with ``padding="same"`` here; low-precision, grouped,
+packed and sparse GEMMs, addr and recurrent layers in ``beyond.py``) are counted in
 multiply-adds and listed in ``BEYOND_FVCORE``, so reports can show them apart.
 
 Backward: fvcore cannot count backward. Here every backward op costs what fvcore charges the

@@ -11,7 +11,6 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any, Iterable, Optional
 
-import torch
 from torch import nn
 
 __all__ = ["flop_count_table", "flop_count_str", "parameter_count"]

@@ -375,7 +375,7 @@ def _counting_apply(target: type, saved: Any, rule: KeyedHandle, key: HandleKey)
 
     def apply(cls: type, *args: Any, **kwargs: Any) -> Any:
         hook = _active_hook() if cls is target else None
-        if hook is None:
+        if hook is None or hook.suspended:  # not counting, or inside an op charged as a whole
             return unpatched(cls)(*args, **kwargs)
         # The handle stands for the whole Function, as the PythonOp node does in fvcore's
         # trace: the ops its forward dispatches are not counted on top.

@@ -134,6 +134,7 @@ class Row:
     dtype: str
     section: Optional[str]
     values: tuple[float, ...]
+    path: tuple[str, ...] = ()  # the module calls in progress, outermost ("" the root) first
 
     def value(self, slots: tuple[int, ...]) -> float:
         if len(slots) == 1:
@@ -269,7 +270,21 @@ def _sorted(values: dict) -> dict:
 def snapshot_rows(records: Records) -> tuple[Row, ...]:
     """The rows of ``records``, frames and ops replaced by their names."""
     rows = []
+    paths: dict[int, tuple[str, ...]] = {}
     for section, (frame, op_id, phase, dtype), slots in records.items():
+        path = paths.get(id(frame))
+        if path is None:
+            path = paths[id(frame)] = _call_path(frame)
         rows.append(Row(frame.names, frame.name, op_name(records.ops[op_id]), phase,
-                        dtype_name(dtype), section, tuple(slots)))
+                        dtype_name(dtype), section, tuple(slots), path))
     return tuple(rows)
+
+
+def _call_path(frame: Any) -> tuple[str, ...]:
+    """The names of the frames from the root to ``frame``: the modules actually being called
+    (``Frame.names`` also holds the never-called containers that enclose them by name)."""
+    names = []
+    while frame is not None:
+        names.append(frame.name)
+        frame = getattr(frame, "parent", None)
+    return tuple(reversed(names))

@@ -16,6 +16,7 @@ from torch import nn
 from dispatchcount import FlopMode
 from dispatchcount.fvcore.einsum import fvcore_einsum_macs
 from dispatchcount.fvcore import _JitValue
+from dispatchcount.fvcore.rules import is_uncounted, uncounted
 from dispatchcount.registry import UNSUPPORTED, ZERO, resolve
 
 with warnings.catch_warnings():
@@ -219,7 +220,14 @@ def test_elementwise_ops_are_free_but_known():
     fm = fvcore_count(lambda t: (t * 2 + 1).exp().softmax(-1).sum(), x)
     assert fm.total() == 0
     for op in (aten.mul.Tensor, aten.exp.default, aten._softmax.default, aten.sum.default):
-        assert resolve(op, "fvcore") is ZERO
+        # 0, but a rule of its own (not UNSUPPORTED), and their calls are recorded: the
+        # drop-in front lists them as fvcore lists its unsupported operators
+        assert resolve(op, "fvcore") is uncounted
+        assert is_uncounted(str(op._overloadpacket))
+    assert fm.counts().operator_calls() == {"aten.mul": 1, "aten.add": 1, "aten.exp": 1,
+                                            "aten._softmax": 1, "aten.sum": 1}
+    # views and copies stay explicit zeros: not recorded at all
+    assert resolve(aten.view.default, "fvcore") is ZERO
 
 
 def test_custom_ops_need_an_fvcore_formula():

@@ -21,16 +21,28 @@ function mode's lifetime. Per-analysis handles (``FlopCountAnalysis.set_op_handl
 the counter's own formulas (``FlopMode(formulas=...)``), for composite calls too. An active ``TorchFunctionMode`` makes
 ``torch.overrides.has_torch_function`` true, which turns off the inference fast path of
 ``nn.MultiheadAttention`` and ``nn.TransformerEncoder(Layer)`` and so changes their output bits;
-the function mode is therefore taken off the stack while those modules run (their ops are then
-counted at dispatch level, which for them gives fvcore's numbers).
+the function mode is therefore taken off the stack while those modules run, when their fast
+path is possible at all (their ops are then counted at dispatch level, which for them gives
+fvcore's numbers). Set handles (``FlopCountAnalysis.set_op_handle``) come as
+``handles.KeyedHandle`` rules; :meth:`FvcoreDispatch.charge` files their counts under the keys
+they return.
+
+The function mode also counts recurrent layers at the call (``torch.lstm``, ``torch.gru`` ...,
+the cells): what they dispatch depends on the backend (one ``mkldnn_rnn_layer`` per layer on
+CPU, ``_cudnn_rnn`` on CUDA, a loop of ``addmm`` for a CPU GRU), the call's gate products do not.
 
 Limit: a ``TorchFunctionMode`` is not re-entered from inside a Python function that itself
 handles ``__torch_function__`` (e.g. ``F.multi_head_attention_forward``); calls made there are
-counted at dispatch level.
+counted at dispatch level. For ``F.multi_head_attention_forward`` without attention weights
+(``need_weights=False``), the attention is ``scaled_dot_product_attention``, which fvcore has
+no handle for; when it runs its math path (meta tensors, dropout in training ...) it
+dispatches two ``bmm`` per call, which are therefore charged as
+``aten._scaled_dot_product_attention_math`` (beyond fvcore) while that function runs.
 """
 
 from __future__ import annotations
 
+import inspect
 import threading
 from contextlib import contextmanager
 from typing import Any, Callable, Iterator, Optional, Sequence
@@ -44,6 +56,8 @@ from torch.overrides import TorchFunctionMode
 
 from dispatchcount.dispatch import CountingDispatch
 from dispatchcount.formulas._helpers import bind
+from dispatchcount.fvcore.handles import KeyedHandle, handle_key
+from dispatchcount.registry import UNSUPPORTED, resolve
 
 __all__ = ["FvcoreDispatch", "FvcoreFunctionMode"]
 
@@ -148,7 +162,37 @@ def _sdpa(args, kwargs) -> Call:
     return (aten.scaled_dot_product_attention.default, (q, k, v)) if _tensors(q, k, v) else None
 
 
+def _rnn(packet: Any, data_if_tensor_at: int):
+    """A recurrent layer call: the ``data`` overload (packed sequence) when argument
+    ``data_if_tensor_at`` is a tensor (``batch_sizes`` for LSTM, ``hx`` for GRU/RNN)."""
+
+    def call(args, kwargs) -> Call:
+        if kwargs or len(args) <= data_if_tensor_at or not isinstance(args[0], torch.Tensor):
+            return None
+        packed = isinstance(args[data_if_tensor_at], torch.Tensor)
+        return (packet.data if packed else packet.input), tuple(args)
+
+    return call
+
+
+def _rnn_cell(op: OpOverload):
+    def call(args, kwargs) -> Call:
+        if kwargs or len(args) < 4 or not _tensors(args[0], args[2], args[3]):
+            return None
+        return op, tuple(args)
+
+    return call
+
+
 _CALLS: dict[Callable, Callable[[tuple, dict], Call]] = {
+    torch.lstm: _rnn(aten.lstm, 1),
+    torch.gru: _rnn(aten.gru, 2),
+    torch.rnn_tanh: _rnn(aten.rnn_tanh, 2),
+    torch.rnn_relu: _rnn(aten.rnn_relu, 2),
+    torch.lstm_cell: _rnn_cell(aten.lstm_cell.default),
+    torch.gru_cell: _rnn_cell(aten.gru_cell.default),
+    torch.rnn_tanh_cell: _rnn_cell(aten.rnn_tanh_cell.default),
+    torch.rnn_relu_cell: _rnn_cell(aten.rnn_relu_cell.default),
     torch.einsum: _einsum,
     torch.matmul: _matmul,
     torch.Tensor.matmul: _matmul,
@@ -167,6 +211,18 @@ _CALLS: dict[Callable, Callable[[tuple, dict], Call]] = {
 }
 
 
+_MHA_SIGNATURE = inspect.signature(F.multi_head_attention_forward)
+
+
+def _attention_without_weights(args, kwargs) -> bool:
+    """Whether this ``F.multi_head_attention_forward`` call runs scaled_dot_product_attention."""
+    try:
+        bound = _MHA_SIGNATURE.bind(*args, **kwargs)
+    except TypeError:
+        return False
+    return not bound.arguments.get("need_weights", True)
+
+
 class FvcoreFunctionMode(TorchFunctionMode):
     """Charges fvcore's composite ops once per Python call (see the module docstring)."""
 
@@ -182,6 +238,9 @@ class FvcoreFunctionMode(TorchFunctionMode):
         except Exception:  # unhashable callable, or arguments torch itself will reject
             call = None
         if call is None:
+            if func is F.multi_head_attention_forward and _attention_without_weights(args, kwargs):
+                with self._counter.products_as_attention():
+                    return func(*args, **kwargs)
             return func(*args, **kwargs)
         op, op_args = call
         rule = self._counter.composite_rule(op)
@@ -197,16 +256,46 @@ class FvcoreFunctionMode(TorchFunctionMode):
 _FAST_PATH_MODULES = (nn.MultiheadAttention, nn.TransformerEncoderLayer, nn.TransformerEncoder)
 
 
+def _fast_path_possible(module: nn.Module) -> bool:
+    """False when the module's inference fast path is ruled out whatever the function mode does
+    (each condition is one those modules check themselves): in training, with gradients to
+    compute, on the meta device, with a MultiheadAttention that is not batch-first. Then the
+    function mode stays, and sees the slow path's calls."""
+    enabled = getattr(torch.backends, "mha", None)
+    if enabled is not None and not enabled.get_fastpath_enabled():
+        return False
+    modules = list(module.modules())
+    if all(m.training for m in modules):
+        return False
+    attention = next((m for m in modules if isinstance(m, nn.MultiheadAttention)), None)
+    if attention is not None and not attention.batch_first:
+        return False
+    params = list(module.parameters())
+    if params and all(p.device.type == "meta" for p in params):
+        return False
+    if params and torch.is_grad_enabled() and all(p.requires_grad for p in params):
+        return False
+    return True
+
+
+_ATTENTION_MATH = aten._scaled_dot_product_attention_math.default
+_BMM = aten.bmm.default
+
+
 class FvcoreDispatch(CountingDispatch):
     """FlopMode's dispatch hook under ``convention="fvcore"``."""
+
+    charges_fvcore_handles = True  # how handles.py finds the active hook without importing it
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.suspended = 0
+        self.as_attention = 0
         self.functions = FvcoreFunctionMode(self)
         self._entered = 0
         self._handles: list[Any] = []
         self._thread: Optional[int] = None
+        self._pauses: list[bool] = []  # per fast-path module call in progress: did it pause
         self._paused = 0
         self._popped = False
 
@@ -232,11 +321,15 @@ class FvcoreDispatch(CountingDispatch):
             self._handles = []
             if not self._popped:
                 self.functions.__exit__(exc_type, exc, tb)
-            self._paused, self._popped = 0, False
+            self._paused, self._popped, self._pauses = 0, False, []
         return super().__exit__(exc_type, exc, tb)
 
     def _pause(self, module: nn.Module, args: Any) -> None:
         if not isinstance(module, _FAST_PATH_MODULES) or threading.get_ident() != self._thread:
+            return
+        pause = self._paused > 0 or _fast_path_possible(module)
+        self._pauses.append(pause)
+        if not pause:
             return
         if self._paused == 0:
             depth = torch._C._len_torch_function_stack()
@@ -248,7 +341,7 @@ class FvcoreDispatch(CountingDispatch):
     def _resume(self, module: nn.Module, args: Any, output: Any) -> None:
         if not isinstance(module, _FAST_PATH_MODULES) or threading.get_ident() != self._thread:
             return
-        if self._paused == 0:
+        if not self._pauses or not self._pauses.pop() or self._paused == 0:
             return
         self._paused -= 1
         if self._paused == 0 and self._popped:
@@ -257,14 +350,21 @@ class FvcoreDispatch(CountingDispatch):
 
     # -- counting ------------------------------------------------------------------------
 
-    @contextmanager
     def counting_suspended(self) -> Iterator[None]:
         """While entered, dispatched ops run uncounted (a composite op was charged for them)."""
-        self.suspended += 1
+        return self._raised("suspended")
+
+    def products_as_attention(self) -> Iterator[None]:
+        """While entered, ``bmm`` is charged as the math path of scaled_dot_product_attention."""
+        return self._raised("as_attention")
+
+    @contextmanager
+    def _raised(self, counter: str) -> Iterator[None]:
+        setattr(self, counter, getattr(self, counter) + 1)
         try:
             yield
         finally:
-            self.suspended -= 1
+            setattr(self, counter, getattr(self, counter) - 1)
 
     def composite_rule(self, op: OpOverload) -> Optional[Callable[..., Any]]:
         """The formula to charge for composite ``op`` at the Python call, or None."""
@@ -273,7 +373,48 @@ class FvcoreDispatch(CountingDispatch):
         rule = self.rule(op)
         return rule if callable(rule) else None
 
+    def charge(self, func: Any, rule: Any, args: tuple, kwargs: dict, out: Any) -> None:
+        """As CountingDispatch.charge; a ``set_op_handle`` handle's count goes under each of the
+        keys it returns (fvcore files a Counter by its keys)."""
+        if type(rule) is not KeyedHandle:
+            return super().charge(func, rule, args, kwargs, out)
+        try:
+            parts = rule.split(args, kwargs, out)
+        except Exception as error:
+            self.problems.formula_failed(func, error)
+            return None
+        for key, count in parts.items():
+            super().charge(handle_key(key), _Fixed(count), args, kwargs, out)
+        return None
+
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         if self.suspended:
             return func(*args, **(kwargs or {}))
+        if self.as_attention and func is _BMM:
+            out = func(*args, **(kwargs or {}))
+            # fvcore's trace has one scaled_dot_product_attention node here, no bmm: a handle
+            # set for aten::bmm does not apply, the bmm rule (its multiply-adds) does.
+            self.charge(_ATTENTION_MATH, resolve(_BMM, "fvcore"), args, {}, out)
+            return out
+        rule = self.rules.get(id(func))
+        if rule is None:
+            rule = self.resolve(func)
+        if rule is UNSUPPORTED:
+            # Recorded (0 FLOPs, one call) so that the drop-in front knows where it ran.
+            self.problems.no_rule(func)
+            out = func(*args, **(kwargs or {}))
+            self.charge(func, rule, args, kwargs or {}, out)
+            return out
         return super().__torch_dispatch__(func, types, args, kwargs)
+
+
+class _Fixed:
+    """A rule that returns one precomputed count."""
+
+    __slots__ = ("count",)
+
+    def __init__(self, count: Any) -> None:
+        self.count = count
+
+    def __call__(self, *args: Any, out: Any = None, **kwargs: Any) -> Any:
+        return self.count

@@ -4,8 +4,9 @@ fvcore's ``FlopCountAnalysis`` counts one multiply-add as one "flop" and only co
 JIT handles know (fvcore/nn/flop_count.py, ``_DEFAULT_SUPPORTED_OPS``): matmul-like ops
 (addmm, mm, bmm, matmul, linear, einsum), convolution, batch/group/layer/instance norm,
 upsample_nearest2d, upsample_bilinear2d, adaptive_avg_pool2d and grid_sampler. Everything else
-(elementwise ops, softmax, pooling, reductions ...) is left uncounted: 0 here, but still a known
-op, so ``unsupported_ops()`` stays empty.
+(elementwise ops, softmax, pooling, reductions ...) is left uncounted: 0 here, by the rule
+:func:`uncounted`, a known op (``FlopMode.unsupported_ops()`` stays empty) whose calls are
+recorded, so that the drop-in front lists them as fvcore lists its unsupported operators.
 
 JIT tracing sees composite ops (``aten::linear``, ``aten::einsum``, ``aten::instance_norm``) as
 one node; a dispatch mode in grad mode sees what they decompose into (mm, bmm,
@@ -22,7 +23,8 @@ native_batch_norm ...). So the rules come in two layers that agree with each oth
   with running stats).
 
 Matmul-like ops that fvcore merely has no handle for (``scaled_dot_product_attention`` and its
-kernels, baddbmm, mv, dot, convolution with ``padding="same"`` ...) are counted in
+kernels, baddbmm, mv, dot, convolution with ``padding="same"`` here; low-precision, grouped,
+packed and sparse GEMMs, addr and recurrent layers in ``beyond.py``) are counted in
 multiply-adds and listed in ``BEYOND_FVCORE``, so reports can show them apart.
 
 Backward: fvcore cannot count backward. Here every backward op costs what fvcore charges the
@@ -39,11 +41,14 @@ from typing import Any
 import torch
 
 from dispatchcount.formulas._helpers import argument as _arg
-from dispatchcount.formulas._helpers import attention_backward_macs, attention_macs, conv_macs
+from dispatchcount.formulas._helpers import attention_backward_macs, attention_macs, base_name, conv_macs
+from dispatchcount.formulas.zero import zero_names
+from dispatchcount.fvcore import beyond
 from dispatchcount.fvcore.einsum import fvcore_einsum_macs
+from dispatchcount.records import op_name
 from dispatchcount.registry import ZERO, register_formula, register_resolver
 
-__all__ = ["BEYOND_FVCORE", "FVCORE_OP_NAMES", "fvcore_name", "is_beyond_fvcore"]
+__all__ = ["BEYOND_FVCORE", "FVCORE_OP_NAMES", "fvcore_name", "is_beyond_fvcore", "is_uncounted", "uncounted"]
 
 aten = torch.ops.aten
 FVCORE = "fvcore"
@@ -52,6 +57,21 @@ FVCORE = "fvcore"
 def _ops(*names: str) -> list:
     """The aten packets among ``names`` that this PyTorch build has (older builds lack some)."""
     return [getattr(aten, n) for n in names if hasattr(aten, n)]
+
+
+_UNCOUNTED: set[str] = set()  # operator names ("aten.mul") that got the rule below
+
+
+def uncounted(*args: Any, out: Any = None, **kwargs: Any) -> int:
+    """The rule of aten ops fvcore has no handle for: they cost 0. A formula rather than ZERO, so
+    that their calls are recorded: the drop-in front lists them, per module, as fvcore lists
+    its unsupported operators."""
+    return 0
+
+
+def is_uncounted(operator: str) -> bool:
+    """Whether ``operator`` ("aten.mul") is an aten op fvcore has no handle for (costs 0)."""
+    return operator in _UNCOUNTED
 
 
 # ---------------------------------------------------------------------------------------------
@@ -242,12 +262,10 @@ def _adaptive_avg_pool2d_backward(grad_out, x, *args, out=None, **kwargs) -> int
     return x.numel()
 
 
-@register_formula(aten.adaptive_avg_pool1d, FVCORE)
-def _adaptive_avg_pool1d(*args, out=None, **kwargs) -> int:
-    # fvcore has no handle for adaptive_avg_pool1d (it is a pool, not a matmul: no gap to
-    # fill). A rule of its own keeps it from being charged as the adaptive_avg_pool2d it
-    # decomposes into.
-    return 0
+# fvcore has no handle for adaptive_avg_pool1d (it is a pool, not a matmul: no gap to fill).
+# A rule of its own keeps it from being charged as the adaptive_avg_pool2d it decomposes into.
+register_formula(aten.adaptive_avg_pool1d, FVCORE)(uncounted)
+_UNCOUNTED.add("aten.adaptive_avg_pool1d")
 
 
 @register_formula(
@@ -406,7 +424,7 @@ BEYOND_FVCORE: frozenset[str] = frozenset(
               aten._native_multi_head_attention, aten._transformer_encoder_layer_fwd,
               *_ops("_flash_attention_forward", "_efficient_attention_forward",
                     "_flash_attention_backward", "_efficient_attention_backward")]
-)
+) | beyond.BEYOND
 """Operator names (as in ``by_operator()``) that fvcore has no handle for but that are counted
 under ``convention="fvcore"`` because they are matmul-like work: fvcore's total lacks them."""
 
@@ -444,7 +462,8 @@ FVCORE_OP_NAMES: dict[str, str] = {
     "aten.grid_sampler_3d": "grid_sampler",
     "aten.cudnn_grid_sampler": "grid_sampler",
     "aten._grid_sampler_2d_cpu_fallback": "grid_sampler",
-    **{f"aten.{p.__name__}": "scaled_dot_product_attention" for p in _SDPA_FORWARD},
+    **{f"aten.{p.__name__}": "scaled_dot_product_attention"
+       for p in [*_SDPA_FORWARD, *_ops("_scaled_dot_product_attention_math")]},
 }
 """Dispatched op -> the name fvcore's ``by_operator()`` gives the JIT node it comes from
 (other aten ops keep their own name without the namespace)."""
@@ -455,12 +474,20 @@ FVCORE_OP_NAMES: dict[str, str] = {
 # ---------------------------------------------------------------------------------------------
 
 
+_EXPLICIT_ZEROS = zero_names()
+
+
 def _fvcore_resolver(op: torch._ops.OpOverload) -> Any:
     # fvcore leaves every aten op without a handle uncounted; ops of other namespaces (custom
     # ops) need an fvcore formula of their own and are reported until they have one.
-    if op.namespace == "aten":
+    if op.namespace != "aten":
+        return None
+    # The reviewed explicit zeros (views, copies ...) stay ZERO: this resolver may be asked
+    # before theirs, depending on which convention was loaded first.
+    if base_name(op) in _EXPLICIT_ZEROS or torch.Tag.view_copy in op.tags:
         return ZERO
-    return None
+    _UNCOUNTED.add(op_name(op))
+    return uncounted
 
 
 register_resolver(FVCORE, _fvcore_resolver, family="fvcore's default (aten ops without a handle are uncounted)")

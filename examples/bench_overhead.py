@@ -3,8 +3,10 @@
     python examples/bench_overhead.py [--blocks 24] [--repeats 20]
 
 A small-op-heavy model (tiny transformer blocks, d=16, batch 1, one thread) makes the per-op
-cost of each mode dominate. Also times counting a Llama-7B-shaped forward on the meta device.
-All figures come from one run, so their ratios are comparable.
+cost of each mode dominate. FlopMode is timed with the default metrics, with
+``metrics=("flops", "bytes")`` and with ``("flops", "time")`` (the timer's own cost). Also
+times counting a Llama-7B-shaped forward on the meta device. All figures come from one run, so
+their ratios are comparable.
 """
 
 from __future__ import annotations
@@ -100,6 +102,8 @@ def main() -> None:
         "no-op TorchDispatchMode": NoOpMode,
         "FlopCounterMode": lambda: FlopCounterMode(display=False),
         "FlopMode": lambda: FlopMode(model),
+        "FlopMode flops+bytes": lambda: FlopMode(model, metrics=("flops", "bytes")),
+        "FlopMode flops+time": lambda: FlopMode(model, metrics=("flops", "time")),
     }
     # Interleave the modes over rounds so drift in machine speed hits them alike.
     samples: dict[str, list[float]] = {name: [] for name in modes}
@@ -118,6 +122,10 @@ def main() -> None:
     noop, fcm, ours = added["no-op TorchDispatchMode"], added["FlopCounterMode"], added["FlopMode"]
     print(f"FlopMode added per op / no-op mode's: {ours / noop:.2f}x   (goal <= 2x)")
     print(f"FlopMode added per op / FlopCounterMode's: {ours / fcm:.3f}   (goal <= 0.2)")
+    with_bytes, with_time = added["FlopMode flops+bytes"], added["FlopMode flops+time"]
+    print(f"FlopMode flops+bytes added per op / no-op mode's: {with_bytes / noop:.2f}x   (goal <= 1.8x)")
+    print(f"FlopMode flops+time added per op / no-op mode's: {with_time / noop:.2f}x   (timer cost: "
+          f"{with_time - ours:.2f} us/op over the default)")
 
     if args.no_llama:
         return

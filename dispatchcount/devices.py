@@ -19,7 +19,6 @@ from typing import Any, Mapping, Union
 __all__ = ["DeviceSpec", "devices", "device_spec", "dtype_label"]
 
 UNITS = ("tensor", "vector")
-T = 1e12
 
 
 def dtype_label(dtype: Any) -> str:
@@ -97,66 +96,66 @@ devices: dict[str, DeviceSpec] = {
         # whitepaper, Table 1.
         _spec("a100-sxm-80gb", 2039e9,
               "NVIDIA A100 datasheet (80GB SXM); A100 architecture whitepaper, Table 1 (non-tensor FP16/BF16)",
-              float64={"tensor": 19.5 * T, "vector": 9.7 * T},
-              float32={"vector": 19.5 * T},
-              tf32={"tensor": 156 * T},
-              bfloat16={"tensor": 312 * T, "vector": 39 * T},
-              float16={"tensor": 312 * T, "vector": 78 * T}),
+              float64={"tensor": 19.5e12, "vector": 9.7e12},
+              float32={"vector": 19.5e12},
+              tf32={"tensor": 156e12},
+              bfloat16={"tensor": 312e12, "vector": 39e12},
+              float16={"tensor": 312e12, "vector": 78e12}),
         # NVIDIA H100 Tensor Core GPU Architecture whitepaper, H100 SXM5 column: FP64 33.5,
         # FP64 Tensor 66.9, FP32 66.9, TF32 Tensor 494.7, BF16/FP16 Tensor 989.4, FP8 Tensor
         # 1978.9, BF16/FP16 non-tensor 133.8 TFLOPS dense; H100 datasheet (SXM): 3.35 TB/s.
         _spec("h100-sxm", 3.35e12,
               "NVIDIA H100 architecture whitepaper (H100 SXM5 peaks); NVIDIA H100 datasheet (SXM bandwidth)",
-              float64={"tensor": 66.9 * T, "vector": 33.5 * T},
-              float32={"vector": 66.9 * T},
-              tf32={"tensor": 494.7 * T},
-              bfloat16={"tensor": 989.4 * T, "vector": 133.8 * T},
-              float16={"tensor": 989.4 * T, "vector": 133.8 * T},
-              float8={"tensor": 1978.9 * T}),
+              float64={"tensor": 66.9e12, "vector": 33.5e12},
+              float32={"vector": 66.9e12},
+              tf32={"tensor": 494.7e12},
+              bfloat16={"tensor": 989.4e12, "vector": 133.8e12},
+              float16={"tensor": 989.4e12, "vector": 133.8e12},
+              float8={"tensor": 1978.9e12}),
         # NVIDIA H200 Tensor Core GPU datasheet (H200 SXM): the H100 SXM's compute (FP64 34,
         # FP64 Tensor 67, FP32 67, TF32 989*, BF16/FP16 1979*, FP8 3958* TFLOPS, * with
         # sparsity), so the H100 SXM5 whitepaper's figures; 4.8 TB/s HBM3e.
         _spec("h200", 4.8e12,
               "NVIDIA H200 datasheet (SXM: bandwidth; compute equal to H100 SXM); H100 architecture whitepaper (peaks)",
-              float64={"tensor": 66.9 * T, "vector": 33.5 * T},
-              float32={"vector": 66.9 * T},
-              tf32={"tensor": 494.7 * T},
-              bfloat16={"tensor": 989.4 * T, "vector": 133.8 * T},
-              float16={"tensor": 989.4 * T, "vector": 133.8 * T},
-              float8={"tensor": 1978.9 * T}),
+              float64={"tensor": 66.9e12, "vector": 33.5e12},
+              float32={"vector": 66.9e12},
+              tf32={"tensor": 494.7e12},
+              bfloat16={"tensor": 989.4e12, "vector": 133.8e12},
+              float16={"tensor": 989.4e12, "vector": 133.8e12},
+              float8={"tensor": 1978.9e12}),
         # NVIDIA HGX B200 datasheet, per GPU: FP64/FP64 Tensor 37, FP32 75 TFLOPS; TF32 2.2,
         # FP16/BF16 4.5, FP8 9 PFLOPS with sparsity (halved here); 7.7 TB/s HBM3e. No
         # non-tensor half-precision figure is published: the FP32 rate is used.
         _spec("b200", 7.7e12,
               "NVIDIA HGX B200 datasheet (per-GPU figures)",
-              float64={"tensor": 37 * T, "vector": 37 * T},
-              float32={"vector": 75 * T},
-              tf32={"tensor": 1100 * T},
-              bfloat16={"tensor": 2250 * T, "vector": 75 * T},
-              float16={"tensor": 2250 * T, "vector": 75 * T},
-              float8={"tensor": 4500 * T}),
+              float64={"tensor": 37e12, "vector": 37e12},
+              float32={"vector": 75e12},
+              tf32={"tensor": 1100e12},
+              bfloat16={"tensor": 2250e12, "vector": 75e12},
+              float16={"tensor": 2250e12, "vector": 75e12},
+              float8={"tensor": 4500e12}),
         # NVIDIA L4 Tensor Core GPU datasheet: FP32 30.3 TFLOPS; TF32 120, BF16/FP16 242, FP8
         # 485 TFLOPS with sparsity (halved here); 300 GB/s. Ada runs non-tensor FP16/BF16 at the
         # FP32 rate and FP64 at 1/64 of it (NVIDIA Ada GPU architecture whitepaper).
         _spec("l4", 300e9,
               "NVIDIA L4 datasheet; NVIDIA Ada GPU architecture whitepaper (non-tensor FP16 and FP64 rates)",
-              float64={"vector": 30.3 / 64 * T},
-              float32={"vector": 30.3 * T},
-              tf32={"tensor": 60 * T},
-              bfloat16={"tensor": 121 * T, "vector": 30.3 * T},
-              float16={"tensor": 121 * T, "vector": 30.3 * T},
-              float8={"tensor": 242.5 * T}),
+              float64={"vector": 30.3e12 / 64},
+              float32={"vector": 30.3e12},
+              tf32={"tensor": 60e12},
+              bfloat16={"tensor": 121e12, "vector": 30.3e12},
+              float16={"tensor": 121e12, "vector": 30.3e12},
+              float8={"tensor": 242.5e12}),
         # AMD Instinct MI300X datasheet: FP64 vector 81.7, FP64 matrix 163.4, FP32 vector 163.4,
         # FP32 matrix 163.4, TF32 matrix 653.7, FP16/BF16 matrix 1307.4, FP8 matrix 2614.9
         # TFLOPS dense; 5.3 TB/s HBM3. No half-precision vector figure: the FP32 rate is used.
         _spec("mi300x", 5.3e12,
               "AMD Instinct MI300X datasheet",
-              float64={"tensor": 163.4 * T, "vector": 81.7 * T},
-              float32={"tensor": 163.4 * T, "vector": 163.4 * T},
-              tf32={"tensor": 653.7 * T},
-              bfloat16={"tensor": 1307.4 * T, "vector": 163.4 * T},
-              float16={"tensor": 1307.4 * T, "vector": 163.4 * T},
-              float8={"tensor": 2614.9 * T}),
+              float64={"tensor": 163.4e12, "vector": 81.7e12},
+              float32={"tensor": 163.4e12, "vector": 163.4e12},
+              tf32={"tensor": 653.7e12},
+              bfloat16={"tensor": 1307.4e12, "vector": 163.4e12},
+              float16={"tensor": 1307.4e12, "vector": 163.4e12},
+              float8={"tensor": 2614.9e12}),
     )
 }
 

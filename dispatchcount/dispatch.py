@@ -82,8 +82,12 @@ class CountingDispatch(TorchDispatchMode):
         rule = self.rules.get(id(func))
         if rule is None:
             rule = self.resolve(func)
-        if rule is ZERO and (not self.meters or self.is_quiet(func)):
-            return func(*args, **kwargs)
+        if rule is ZERO:
+            if not self.meters:
+                return func(*args, **kwargs)
+            quiet = self.quiet.get(id(func))
+            if quiet or (quiet is None and self.is_quiet(func)):
+                return func(*args, **kwargs)
         if rule is DECOMPOSE:
             # Run the C++ CompositeImplicit kernel, as a plain run does. (func.decompose() would
             # prefer a Python decomposition where torch._decomp registered one, e.g. for

@@ -33,7 +33,7 @@ from torch._subclasses.fake_tensor import FakeTensor
 
 from dispatchcount.problems import Problems
 from dispatchcount.records import BYTES_READ, BYTES_WRITTEN, SECONDS
-from dispatchcount.traffic import _rules, bytes_rule, moves_nothing
+from dispatchcount.traffic import _rules, bytes_rule, io_bytes, moves_nothing, read_bytes, written_bytes
 
 __all__ = ["Meter", "bytes_meter", "OpTimer"]
 
@@ -50,10 +50,14 @@ def bytes_meter(problems: Problems) -> Meter:
         rule = rules.get(id(func))
         if rule is None:
             rule = bytes_rule(func)
-        if rule is moves_nothing:
-            return
         try:
-            read, written = rule(args, kwargs, out)
+            if rule is io_bytes:  # the common rule, inlined: one call less per op
+                read = read_bytes(args, kwargs)
+                written = out.nbytes if type(out) is _Tensor else written_bytes(out)
+            elif rule is moves_nothing:
+                return
+            else:
+                read, written = rule(args, kwargs, out)
         except Exception as error:
             problems.formula_failed(func, error, "bytes rule")
             return

@@ -98,44 +98,51 @@ def _other_layout_bytes(t: Tensor) -> int:
         return 0
 
 
-def _collect(values: Iterable[Any], found: list) -> None:
-    for a in values:
-        if isinstance(a, Tensor):
-            found.append(a)
-        elif type(a) in _SEQUENCE:
-            for t in a:
-                if isinstance(t, Tensor):
-                    found.append(t)
-
-
 def read_bytes(args: Iterable[Any], kwargs: Optional[dict] = None) -> int:
-    """Bytes of the distinct tensors among ``args`` and ``kwargs`` values (lists looked into)."""
-    found: list = []
-    _collect(args, found)
-    if kwargs:
-        _collect(kwargs.values(), found)
-    if len(found) == 1:
-        return tensor_bytes(found[0])
+    """Bytes of the distinct tensors among ``args`` and ``kwargs`` values (lists looked into).
+
+    Runs for every op: one loop, the common case (a contiguous tensor) inline."""
+    values = (*args, *kwargs.values()) if kwargs else args
     total = 0
-    seen: set = set()
-    for t in found:
-        if id(t) not in seen:
-            seen.add(id(t))
-            total += tensor_bytes(t)
+    seen: list = []  # the tensors counted so far: a tensor passed twice is read once
+    for a in values:
+        if not isinstance(a, Tensor):
+            if type(a) in _SEQUENCE and a:
+                fresh = [t for t in a if isinstance(t, Tensor) and not any(t is s for s in seen)]
+                total += read_bytes(fresh)
+                seen += fresh
+            continue
+        for s in seen:
+            if s is a:
+                break
+        else:
+            seen.append(a)
+            try:
+                contiguous = a.is_contiguous()
+            except RuntimeError:  # sparse and other layouts
+                contiguous = False
+            total += a.nbytes if contiguous else tensor_bytes(a)
     return total
+
+
+def _output_bytes(t: Tensor) -> int:
+    try:
+        return t.nbytes  # outputs are dense: no stride-0 dimension to look for
+    except RuntimeError:  # sparse and other layouts
+        return _other_layout_bytes(t)
 
 
 def written_bytes(out: Any) -> int:
     """Bytes of the tensors in ``out`` (a tensor, or a list or tuple of tensors or of lists)."""
     if isinstance(out, Tensor):
-        return out.nbytes
+        return _output_bytes(out)
     total = 0
     if type(out) in _SEQUENCE:
         for o in out:
             if isinstance(o, Tensor):
-                total += o.nbytes
+                total += _output_bytes(o)
             elif type(o) in _SEQUENCE:
-                total += sum(t.nbytes for t in o if isinstance(t, Tensor))
+                total += sum(_output_bytes(t) for t in o if isinstance(t, Tensor))
     return total
 
 
@@ -149,7 +156,7 @@ def moves_nothing(args: tuple, kwargs: dict, out: Any) -> tuple[int, int]:
 
 def io_bytes(args: tuple, kwargs: dict, out: Any) -> tuple[int, int]:
     """The default: every distinct input read once, every output written once."""
-    return read_bytes(args, kwargs), written_bytes(out)
+    return read_bytes(args, kwargs), (out.nbytes if type(out) is Tensor else written_bytes(out))
 
 
 def write_only(args: tuple, kwargs: dict, out: Any) -> tuple[int, int]:

@@ -87,6 +87,19 @@ def _spec(name: str, bandwidth: float, source: str, **peaks: Mapping[str, float]
     return DeviceSpec(name, bandwidth, peaks=peaks, source=source)
 
 
+# NVIDIA H100 Tensor Core GPU Architecture whitepaper, H100 SXM5 column: FP64 33.5, FP64 Tensor
+# 66.9, FP32 66.9, TF32 Tensor 494.7, BF16/FP16 Tensor 989.4, FP8 Tensor 1978.9, BF16/FP16
+# non-tensor 133.8 TFLOPS dense. The H200 SXM has the same compute (H200 datasheet: FP64 34, FP64
+# Tensor 67, FP32 67, TF32 989*, BF16/FP16 1979*, FP8 3958* TFLOPS, * with sparsity).
+_H100_SXM_PEAKS = dict(
+    float64={"tensor": 66.9e12, "vector": 33.5e12},
+    float32={"vector": 66.9e12},
+    tf32={"tensor": 494.7e12},
+    bfloat16={"tensor": 989.4e12, "vector": 133.8e12},
+    float16={"tensor": 989.4e12, "vector": 133.8e12},
+    float8={"tensor": 1978.9e12},
+)
+
 devices: dict[str, DeviceSpec] = {
     spec.name: spec
     for spec in (
@@ -101,28 +114,14 @@ devices: dict[str, DeviceSpec] = {
               tf32={"tensor": 156e12},
               bfloat16={"tensor": 312e12, "vector": 39e12},
               float16={"tensor": 312e12, "vector": 78e12}),
-        # NVIDIA H100 Tensor Core GPU Architecture whitepaper, H100 SXM5 column: FP64 33.5,
-        # FP64 Tensor 66.9, FP32 66.9, TF32 Tensor 494.7, BF16/FP16 Tensor 989.4, FP8 Tensor
-        # 1978.9, BF16/FP16 non-tensor 133.8 TFLOPS dense; H100 datasheet (SXM): 3.35 TB/s.
+        # Peaks above; H100 datasheet (SXM): 3.35 TB/s.
         _spec("h100-sxm", 3.35e12,
               "NVIDIA H100 architecture whitepaper (H100 SXM5 peaks); NVIDIA H100 datasheet (SXM bandwidth)",
-              float64={"tensor": 66.9e12, "vector": 33.5e12},
-              float32={"vector": 66.9e12},
-              tf32={"tensor": 494.7e12},
-              bfloat16={"tensor": 989.4e12, "vector": 133.8e12},
-              float16={"tensor": 989.4e12, "vector": 133.8e12},
-              float8={"tensor": 1978.9e12}),
-        # NVIDIA H200 Tensor Core GPU datasheet (H200 SXM): the H100 SXM's compute (FP64 34,
-        # FP64 Tensor 67, FP32 67, TF32 989*, BF16/FP16 1979*, FP8 3958* TFLOPS, * with
-        # sparsity), so the H100 SXM5 whitepaper's figures; 4.8 TB/s HBM3e.
+              **_H100_SXM_PEAKS),
+        # NVIDIA H200 Tensor Core GPU datasheet (H200 SXM): 4.8 TB/s HBM3e; the H100's peaks.
         _spec("h200", 4.8e12,
               "NVIDIA H200 datasheet (SXM: bandwidth; compute equal to H100 SXM); H100 architecture whitepaper (peaks)",
-              float64={"tensor": 66.9e12, "vector": 33.5e12},
-              float32={"vector": 66.9e12},
-              tf32={"tensor": 494.7e12},
-              bfloat16={"tensor": 989.4e12, "vector": 133.8e12},
-              float16={"tensor": 989.4e12, "vector": 133.8e12},
-              float8={"tensor": 1978.9e12}),
+              **_H100_SXM_PEAKS),
         # NVIDIA HGX B200 datasheet, per GPU: FP64/FP64 Tensor 37, FP32 75 TFLOPS; TF32 2.2,
         # FP16/BF16 4.5, FP8 9 PFLOPS with sparsity (halved here); 7.7 TB/s HBM3e. No
         # non-tensor half-precision figure is published: the FP32 rate is used.

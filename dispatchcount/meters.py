@@ -53,7 +53,10 @@ def bytes_meter(problems: Problems) -> Meter:
         try:
             if rule is io_bytes:  # the common rule, inlined: one call less per op
                 read = read_bytes(args, kwargs)
-                written = out.nbytes if type(out) is _Tensor else written_bytes(out)
+                try:
+                    written = out.nbytes if type(out) is _Tensor else written_bytes(out)
+                except RuntimeError:  # a sparse result: written_bytes counts its parts
+                    written = written_bytes(out)
             elif rule is moves_nothing:
                 return
             else:

@@ -237,11 +237,11 @@ class FlopMode:
         """{module: {operator: FLOPs}}, inclusive of children unless ``inclusive=False``."""
         return self.counts().by_module_and_operator(phase, inclusive, metric)
 
-    def by_dtype(self, phase: Optional[str] = None) -> dict[str, int]:
+    def by_dtype(self, phase: Optional[str] = None, *, metric: str = "flops") -> dict[str, int]:
         """{dtype: FLOPs}, by the dtype each op computed in ("float32", "bfloat16" ...):
         matmul-like ops the dtype they multiply in ("float8_e4m3fn" for ``_scaled_mm``, "tf32"
-        for float32 products on CUDA with TF32 allowed)."""
-        return self.counts().by_dtype(phase)
+        for float32 products on CUDA with TF32 allowed). ``metric``: another recorded metric."""
+        return self.counts().by_dtype(phase, metric)
 
     def by_section(self, phase: Optional[str] = None, *, metric: str = "flops") -> dict[Optional[str], int]:
         """{section label: FLOPs} (see :meth:`section`); None holds what ran outside any section."""

@@ -156,7 +156,7 @@ def moves_nothing(args: tuple, kwargs: dict, out: Any) -> tuple[int, int]:
 
 def io_bytes(args: tuple, kwargs: dict, out: Any) -> tuple[int, int]:
     """The default: every distinct input read once, every output written once."""
-    return read_bytes(args, kwargs), (out.nbytes if type(out) is Tensor else written_bytes(out))
+    return read_bytes(args, kwargs), written_bytes(out)
 
 
 def write_only(args: tuple, kwargs: dict, out: Any) -> tuple[int, int]:

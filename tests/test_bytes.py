@@ -236,21 +236,27 @@ def test_scaled_mm_flops_are_fp8():
 
 
 @pytest.fixture
-def tf32_allowed():
-    matmul, cudnn = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = True
-    torch.backends.cudnn.allow_tf32 = True
-    yield
-    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = matmul, cudnn
+def tf32_flags():
+    """Set cuBLAS's and cuDNN's TF32 flags (what ``torch.backends.cuda.matmul.allow_tf32`` and
+    ``torch.backends.cudnn.allow_tf32`` set; torch's test utilities lock the latter), then restore."""
+    saved = torch._C._get_cublas_allow_tf32(), torch._C._get_cudnn_allow_tf32()
+
+    def set_flags(allowed: bool) -> None:
+        torch._C._set_cublas_allow_tf32(allowed)
+        torch._C._set_cudnn_allow_tf32(allowed)
+
+    yield set_flags
+    torch._C._set_cublas_allow_tf32(saved[0])
+    torch._C._set_cudnn_allow_tf32(saved[1])
 
 
-def test_fp32_products_on_cuda_are_tf32_when_allowed(tf32_allowed):
+def test_fp32_products_on_cuda_are_tf32_when_allowed(tf32_flags):
     with FakeTensorMode():  # fake CUDA tensors: no GPU needed
         a, b = torch.empty(4, 8, device="cuda"), torch.empty(8, 16, device="cuda")
         x, w = torch.empty(1, 3, 8, 8, device="cuda"), torch.empty(4, 3, 3, 3, device="cuda")
+        tf32_flags(True)
         allowed = measured(lambda: (a @ b, F.conv2d(x, w), a.exp()))
-        torch.backends.cuda.matmul.allow_tf32 = False
-        torch.backends.cudnn.allow_tf32 = False
+        tf32_flags(False)
         ieee = measured(lambda: (a @ b, F.conv2d(x, w)))
     conv = 2 * 4 * 6 * 6 * 3 * 3 * 3
     assert allowed.by_dtype() == {"tf32": 2 * 4 * 16 * 8 + conv, "float32": 4 * 8}  # exp stays fp32
@@ -308,3 +314,10 @@ def test_a_failing_bytes_rule_never_breaks_the_run_unless_strict():
     with pytest.raises(FormulaError, match="bytes rule"):
         with FlopMode(metrics=("flops", "bytes"), formulas=formulas, strict=True):
             torch.ops.bytestest.broken(x)
+
+
+def test_sparse_results_count_their_values_and_indices():
+    x = torch.eye(4)
+    fm = measured(lambda: x.to_sparse())
+    # 4 non-zeros: values 4 x fp32, indices 2 x 4 x int64; the dense input is read whole.
+    assert read_written(fm, "aten._to_sparse") == (16 * F32, 4 * F32 + 8 * I64)

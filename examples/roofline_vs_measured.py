@@ -8,7 +8,8 @@ and backward, counted with ``FlopMode(metrics=("flops", "bytes", "time"))``.
 Sizes: the Llama block has Llama-7B's shapes (d 4096, 32 heads, MLP 11008) on batch 8 x 2048
 tokens; ViT-B/16 (d 768, 12 layers, 12 heads, MLP 3072) on 64 images of 224x224. Each model is
 warmed up, timed without the counter (CUDA events over ``--repeats`` steps: the plain step time,
-which MFU is computed from), then run once under the counter. Printed per model: the roofline
+which MFU is computed from), then run under the counter (once to resolve every op's rules, once
+measured). Printed per model: the roofline
 table on ``--device-spec`` with the measured time per module and the roofline's share of it,
 estimated vs measured per phase and per operator, the timer's overhead (the counted step's wall
 time against the plain one), MFU and HFU. On an H200 the whole script takes well under a minute.
@@ -147,16 +148,25 @@ def compare(name: str, s: dict[str, int], args: argparse.Namespace) -> dict[str,
     torch.manual_seed(0)
     model, x = build(name, s, device, dtype)
     run = lambda: step(model, x)  # noqa: E731
+
+    def forget_gradients() -> None:  # so that every step writes fresh gradients, none accumulate
+        model.zero_grad(set_to_none=True)
+        x.grad = None
+
     for _ in range(args.warmup):
         run()
-    model.zero_grad(set_to_none=True)
+    forget_gradients()
     plain = plain_seconds(run, device, args.repeats)
-    model.zero_grad(set_to_none=True)
+    forget_gradients()
 
     timer = OpTimer(cuda=args.timer)
+    metrics = ("flops", "bytes", "time")
+    with FlopMode(model, metrics=metrics, timer=timer):  # resolves every op's rules once
+        run()
+    forget_gradients()
     synchronize(device)
     begin = time.perf_counter()
-    with FlopMode(model, metrics=("flops", "bytes", "time"), timer=timer) as fm:
+    with FlopMode(model, metrics=metrics, timer=timer) as fm:
         run()
     synchronize(device)
     counted_wall = time.perf_counter() - begin

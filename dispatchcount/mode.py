@@ -303,11 +303,14 @@ class FlopMode:
         """A table by module: parameters, forward, backward and total FLOPs, share of the total;
         with bytes and time recorded, their columns; with ``device``, intensity, estimated
         time and bound."""
-        return report.table(self.counts(), depth, device=device)
+        return report.table(self.counts(), depth, self._estimate(device))
 
     def to_dict(self, device: Union[None, str, "DeviceSpec"] = None) -> dict[str, Any]:
         """Everything above as a JSON-serializable dict (with ``device``, the roofline too)."""
-        return report.to_dict(self.counts(), device=device)
+        return report.to_dict(self.counts(), self._estimate(device))
+
+    def _estimate(self, device: Union[None, str, "DeviceSpec"]) -> Optional["Roofline"]:
+        return None if device is None else self.roofline(device)
 
 
 def count_flops(

@@ -7,12 +7,11 @@ A renderer takes a snapshot and returns text or data; it never reads a FlopMode.
 from __future__ import annotations
 
 import inspect
-from typing import TYPE_CHECKING, Any, Iterator, Optional, Union
+from typing import TYPE_CHECKING, Any, Iterator, Optional
 
 from dispatchcount.records import Counts
 
 if TYPE_CHECKING:
-    from dispatchcount.devices import DeviceSpec
     from dispatchcount.roofline import Roofline
 
 __all__ = ["human", "human_seconds", "table", "roofline_table", "to_dict"]
@@ -61,17 +60,10 @@ def _modules(counts: Counts, depth: int) -> Iterator[tuple[str, str]]:
             yield name, " " * level + (name or ("model" if counts.has_model else "(all)"))
 
 
-def _estimate(counts: Counts, device: Union[None, str, "DeviceSpec"]) -> Optional["Roofline"]:
-    if device is None:
-        return None
-    from dispatchcount.roofline import Roofline
-
-    return Roofline(counts, device)
-
-
-def table(counts: Counts, depth: int = 3, device: Union[None, str, "DeviceSpec"] = None) -> str:
+def table(counts: Counts, depth: int = 3, estimate: Optional["Roofline"] = None) -> str:
     """Module tree (up to ``depth``) with parameters, forward, backward, total and share; with
-    bytes or time recorded their totals; with ``device``, intensity, estimated time and bound."""
+    bytes or time recorded their totals; with a roofline ``estimate`` (of these counts),
+    intensity, estimated time and bound."""
     forward = counts.by_module("forward")
     backward = counts.by_module("backward")
     recompute = counts.by_module("recompute")
@@ -86,7 +78,6 @@ def table(counts: Counts, depth: int = 3, device: Union[None, str, "DeviceSpec"]
     if has_recompute:
         header.insert(4, "(recompute)")
     header.append("%")
-    estimate = _estimate(counts, device)
     extra = _extra_columns(counts, estimate)
     header += [title for title, _ in extra]
     rows = []
@@ -134,9 +125,7 @@ def _extra_columns(counts: Counts, estimate: Optional["Roofline"]) -> list:
 
 
 def _device_line(estimate: "Roofline") -> str:
-    from dispatchcount.roofline import device_summary
-
-    d = device_summary(estimate.device, estimate.counts)
+    d = estimate.device_summary()
     return (f"{d['name']}, {human(d['bandwidth'])}B/s, {d['peak_dtype']} peak "
             f"{human(d['peak_flops'])}FLOP/s; estimated {human_seconds(estimate.seconds())} "
             "(each op its own kernel, no overlap)")
@@ -166,10 +155,10 @@ def roofline_table(estimate: "Roofline", depth: int = 3) -> str:
     return f"roofline: {_device_line(estimate)}\n" + _tabulate(rows, header)
 
 
-def to_dict(counts: Counts, device: Union[None, str, "DeviceSpec"] = None) -> dict[str, Any]:
-    """Everything a snapshot holds, as a JSON-serializable dict; with ``device`` the roofline
-    estimate too (top-level ``device`` and ``estimated_seconds``, per module
-    ``estimated_seconds``, ``bound`` and ``intensity``)."""
+def to_dict(counts: Counts, estimate: Optional["Roofline"] = None) -> dict[str, Any]:
+    """Everything a snapshot holds, as a JSON-serializable dict; with a roofline ``estimate``
+    (of these counts) that too: top-level ``device`` and ``estimated_seconds``, per module
+    ``estimated_seconds``, ``bound`` and ``intensity``."""
     forward = counts.by_module("forward")
     backward = counts.by_module("backward")
     result = {
@@ -217,15 +206,12 @@ def to_dict(counts: Counts, device: Union[None, str, "DeviceSpec"] = None) -> di
             entry["seconds"] = measured.get(name, 0.0)
         result["seconds"] = {"total": counts.total(metric="seconds"),
                              "by_operator": counts.by_operator(metric="seconds")}
-    estimate = _estimate(counts, device)
     if estimate is not None:
-        from dispatchcount.roofline import device_summary
-
         seconds, bound, intensity = estimate.by_module(), estimate.bound(), estimate.intensity()
         for name, entry in modules.items():
             entry.update(estimated_seconds=seconds.get(name, 0.0), bound=bound.get(name),
                          intensity=intensity.get(name))
-        result["device"] = device_summary(estimate.device, counts)
+        result["device"] = estimate.device_summary()
         result["estimated_seconds"] = estimate.seconds()
         result["estimated_by_operator"] = estimate.by_operator()
     return result

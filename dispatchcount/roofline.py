@@ -172,9 +172,14 @@ class Roofline:
 
         return report.roofline_table(self, depth)
 
+    def device_summary(self) -> dict[str, Any]:
+        """{name, peak_flops, peak_dtype, bandwidth, peaks}: ``peak_flops`` is the dense tensor
+        peak of the dtype with the most FLOPs (bfloat16 when none has a peak)."""
+        return device_summary(self.device, self.counts)
+
     def to_dict(self) -> dict[str, Any]:
         return {
-            "device": device_summary(self.device, self.counts),
+            "device": self.device_summary(),
             "seconds": self.seconds(),
             "by_module": self.by_module(),
             "bound": self.bound(),

@@ -58,15 +58,16 @@ class TinyBlock(nn.Module):
         return x + self.mlp(self.norm2(x))
 
 
-def best_time(step: Callable[[], Any], context: Callable[[], Any], repeats: int) -> float:
+def best_time(step: Callable[[], Any], context: Callable[[], Any], repeats: int,
+              clock: Callable[[], float] = time.perf_counter) -> float:
     """Median seconds of ``step`` run inside a fresh ``context()``, after one warm-up."""
     times = []
     for i in range(repeats + 1):
-        start = time.perf_counter()
+        start = clock()
         with context():
             step()
         if i:
-            times.append(time.perf_counter() - start)
+            times.append(clock() - start)
     return statistics.median(times)
 
 
@@ -83,10 +84,13 @@ def main() -> None:
     parser.add_argument("--blocks", type=int, default=24)
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--no-llama", action="store_true", help="skip the meta Llama-7B timing")
+    parser.add_argument("--clock", choices=("wall", "thread"), default="wall",
+                        help="wall: perf_counter; thread: this thread's CPU time (steadier on a loaded machine)")
     args = parser.parse_args()
     torch.set_num_threads(1)
     warnings.simplefilter("ignore")
 
+    clock = time.thread_time if args.clock == "thread" else time.perf_counter
     model = nn.Sequential(*[TinyBlock(16) for _ in range(args.blocks)])
     x = torch.randn(1, 8, 16)
 
@@ -109,7 +113,7 @@ def main() -> None:
     samples: dict[str, list[float]] = {name: [] for name in modes}
     for _ in range(3):
         for name, context in modes.items():
-            samples[name].append(best_time(step, context, args.repeats))
+            samples[name].append(best_time(step, context, args.repeats, clock))
     seconds = {name: min(values) for name, values in samples.items()}
 
     plain = seconds["plain"]

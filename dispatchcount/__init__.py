@@ -1,9 +1,10 @@
 """dispatchcount: a FLOP counter for PyTorch that sees every aten op at dispatch."""
 
+from dispatchcount.devices import DeviceSpec, devices
 from dispatchcount.mode import FlopMode, count_flops
 from dispatchcount.problems import FormulaError, UnsupportedOperatorError
 from dispatchcount.records import Counts
-from dispatchcount.registry import explain, register_formula
+from dispatchcount.registry import Cost, explain, register_formula
 
 __all__ = [
     "FlopMode",
@@ -11,6 +12,9 @@ __all__ = [
     "register_formula",
     "explain",
     "Counts",
+    "Cost",
+    "DeviceSpec",
+    "devices",
     "UnsupportedOperatorError",
     "FormulaError",
 ]

@@ -17,7 +17,9 @@ from typing import Any, Callable, Optional, Sequence
 
 import torch
 
+from dispatchcount.devices import devices
 from dispatchcount.mode import FlopMode
+from dispatchcount.records import RECORDABLE
 from dispatchcount.registry import CONVENTIONS
 from dispatchcount import report_html
 
@@ -41,6 +43,16 @@ def parse_shape(text: str) -> tuple[int, ...]:
             f"expected comma-separated non-negative integers such as 1,3,224,224, got {text!r}"
         )
     return shape
+
+
+def parse_metrics(text: str) -> tuple[str, ...]:
+    metrics = tuple(part.strip() for part in text.split(",") if part.strip())
+    unknown = [m for m in metrics if m not in RECORDABLE]
+    if not metrics or unknown:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated metrics among {', '.join(RECORDABLE)} (e.g. flops,bytes), got {text!r}"
+        )
+    return metrics
 
 
 def load_factory(target: str) -> Callable[[], Any]:
@@ -76,6 +88,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", default="cpu", help="cpu, cuda or meta (meta: no memory, no data)")
     parser.add_argument("--backward", action="store_true", help="also count the backward of output.sum()")
     parser.add_argument("--train", action="store_true", help="count in train mode (default: eval)")
+    parser.add_argument("--metrics", type=parse_metrics, default=("flops",), metavar="flops,bytes[,time]",
+                        help="what to record: flops (default), bytes (read and written per op), "
+                        "time (measured seconds per op)")
+    parser.add_argument("--device-spec", choices=sorted(devices), metavar="NAME",
+                        help="add intensity, estimated time and bound columns for this accelerator "
+                        f"(records bytes too): {', '.join(devices)}")
     parser.add_argument("--json", action="store_true", help="print the full report as JSON")
     parser.add_argument("--html", metavar="PATH", help="also write the interactive HTML report to PATH")
     parser.add_argument("--traceback", action="store_true", help="show full tracebacks of errors")
@@ -105,7 +123,10 @@ def count(args: argparse.Namespace) -> FlopMode:
     dtype = _DTYPES[args.input_dtype]
     inputs = [_make_input(shape, dtype, device) for shape in args.input_shape]
     grad = contextlib.nullcontext() if args.backward else torch.no_grad()
-    with FlopMode(model, convention=args.convention) as mode, grad:
+    metrics = args.metrics + (("bytes",) if args.device_spec else ())
+    if args.device_spec and args.convention != "flop":
+        raise UserError(f"--device-spec needs FLOPs: use --convention flop, not {args.convention!r}")
+    with FlopMode(model, convention=args.convention, metrics=metrics) as mode, grad:
         try:
             output = model(*inputs)
             if args.backward:
@@ -141,9 +162,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             return 1
         print(f"dispatchcount: HTML report written to {args.html}", file=sys.stderr)
     if args.json:
-        print(json.dumps(mode.to_dict(), indent=2))
+        print(json.dumps(mode.to_dict(device=args.device_spec), indent=2))
     else:
-        print(mode.table(depth=args.depth))
+        print(mode.table(depth=args.depth, device=args.device_spec))
     return 0
 
 

@@ -19,7 +19,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from dispatchcount.problems import Problems
 from dispatchcount.records import BACKWARD, FORWARD, RECOMPUTE, Records
-from dispatchcount.registry import DECOMPOSE, HIGHER_ORDER, UNSUPPORTED, ZERO
+from dispatchcount.registry import DECOMPOSE, HIGHER_ORDER, UNSUPPORTED, ZERO, Cost
 from dispatchcount.tracker import ModuleTracker
 
 __all__ = ["CountingDispatch", "as_count"]
@@ -27,6 +27,11 @@ __all__ = ["CountingDispatch", "as_count"]
 _current_node = torch._C._current_autograd_node
 _COMPOSITE_IMPLICIT = torch._C.DispatchKey.CompositeImplicitAutograd
 _Tensor = torch.Tensor
+# The dtypes FLOPs are computed in; a result in any other (bool, integer) with FLOPs > 0 comes
+# from arithmetic on its floating-point operands (comparisons, argmax, searchsorted ...).
+_FLOATING = frozenset(
+    d for d in vars(torch).values() if isinstance(d, torch.dtype) and (d.is_floating_point or d.is_complex)
+)
 
 
 class CountingDispatch(TorchDispatchMode):
@@ -51,13 +56,25 @@ class CountingDispatch(TorchDispatchMode):
         self.problems = problems
         # Metrics beyond FLOPs: each meter is called as meter(slots, func, args, kwargs, out)
         # after the op ran, and writes its slots; ``timer.run(func, args, kwargs)`` runs the op
-        # when time is measured. Without them, ops with a ZERO rule are not recorded at all.
+        # when time is measured. Without them, ops with a ZERO rule are not recorded at all;
+        # with meters only (no timer), neither are the ZERO ops that every meter ``ignores``
+        # (views: no FLOPs, no bytes), decided once per op in ``quiet``.
         self.meters = meters
         self.timer = timer
+        self.quiet: dict[int, bool] = {}
 
     def rule(self, func: Any) -> Any:
         rule = self.rules.get(id(func))
         return self.resolve(func) if rule is None else rule
+
+    def is_quiet(self, func: Any) -> bool:
+        """True when no meter records anything for ZERO op ``func`` (and time is not measured)."""
+        quiet = self.quiet.get(id(func))
+        if quiet is None:
+            quiet = self.quiet[id(func)] = self.timer is None and all(
+                getattr(meter, "ignores", _never)(func) for meter in self.meters
+            )
+        return quiet
 
     def __torch_dispatch__(self, func: Any, types: Any, args: tuple = (), kwargs: Optional[dict] = None) -> Any:
         if kwargs is None:
@@ -65,8 +82,12 @@ class CountingDispatch(TorchDispatchMode):
         rule = self.rules.get(id(func))
         if rule is None:
             rule = self.resolve(func)
-        if rule is ZERO and not self.meters:
-            return func(*args, **kwargs)
+        if rule is ZERO:
+            if not self.meters:
+                return func(*args, **kwargs)
+            quiet = self.quiet.get(id(func))
+            if quiet or (quiet is None and self.is_quiet(func)):
+                return func(*args, **kwargs)
         if rule is DECOMPOSE:
             # Run the C++ CompositeImplicit kernel, as a plain run does. (func.decompose() would
             # prefer a Python decomposition where torch._decomp registered one, e.g. for
@@ -87,6 +108,7 @@ class CountingDispatch(TorchDispatchMode):
         """Charge ``rule(*args, out=out, **kwargs)`` to the running module and phase as a call
         of ``func``; a formula that fails goes to the problems sink. ZERO and UNSUPPORTED rules
         (charged only when meters record other metrics) cost 0 FLOPs."""
+        dtype = None
         if rule is ZERO or rule is UNSUPPORTED:
             flops = 0
         else:
@@ -98,7 +120,10 @@ class CountingDispatch(TorchDispatchMode):
                 else:
                     flops = rule(*args, out=out, **kwargs)
                 if type(flops) is not int:
-                    flops = as_count(flops)
+                    if type(flops) is Cost:  # the rare path: FLOPs in a dtype the result lacks
+                        flops, dtype = as_count(flops.flops), flops.dtype
+                    else:
+                        flops = as_count(flops)
             except Exception as error:
                 self.problems.formula_failed(func, error)
                 if not self.meters:
@@ -112,7 +137,10 @@ class CountingDispatch(TorchDispatchMode):
             if frame is None:  # a node another thread's forward built: neither phase is counted
                 return
             phase = RECOMPUTE if recompute else BACKWARD
-        dtype = out.dtype if type(out) is _Tensor else _dtype_of(out, args)
+        if dtype is None:
+            dtype = out.dtype if type(out) is _Tensor else _dtype_of(out, args)
+            if flops and dtype not in _FLOATING:
+                dtype = _operand_dtype(args, dtype)
         key = (frame, id(func), phase, dtype)
         slots = self.records.data.get(key)
         if slots is None:
@@ -149,6 +177,21 @@ def _dtype_of(out: Any, args: tuple) -> Optional[torch.dtype]:
                 if isinstance(value, (tuple, list)) and value and isinstance(value[0], _Tensor):
                     return value[0].dtype
     return None
+
+
+def _operand_dtype(args: tuple, default: Any) -> Any:
+    """The first floating-point tensor argument's dtype (what a bool or integer result was
+    computed from), else ``default``."""
+    for value in args:
+        candidates = value if isinstance(value, (tuple, list)) else (value,)
+        for t in candidates:
+            if isinstance(t, _Tensor) and t.dtype in _FLOATING:
+                return t.dtype
+    return default
+
+
+def _never(func: Any) -> bool:
+    return False
 
 
 def _has_data(t: torch.Tensor) -> bool:

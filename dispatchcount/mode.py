@@ -6,7 +6,7 @@ import contextlib
 import os
 import warnings
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping, Optional
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, Optional, Union
 
 import torch
 
@@ -15,6 +15,11 @@ from dispatchcount.problems import FormulaError, Problems, UnsupportedOperatorEr
 from dispatchcount.records import RECORDABLE, Counts, Records, op_name, snapshot_rows
 from dispatchcount.registry import Formula, convention as find_convention
 from dispatchcount.tracker import ModuleTracker, module_index
+
+if TYPE_CHECKING:
+    from dispatchcount.devices import DeviceSpec
+    from dispatchcount.meters import OpTimer
+    from dispatchcount.roofline import Roofline
 
 __all__ = ["FlopMode", "count_flops", "UnsupportedOperatorError", "FormulaError"]
 
@@ -29,9 +34,13 @@ class FlopMode:
             ``"fvcore"`` (fvcore's rules: a multiply-add is 1, elementwise ops are free).
         strict: raise on an op with no rule or a formula that fails, instead of reporting it.
         display: print ``table()`` on exit.
-        metrics: what to record besides FLOPs and calls (``"flops"`` is always recorded).
+        metrics: what to record besides FLOPs and calls (``"flops"`` is always recorded):
+            ``"bytes"`` (read and written by each op, see ``dispatchcount.traffic``),
+            ``"time"`` (measured seconds of each op, see ``dispatchcount.meters``).
         formulas: ``{op: formula or None}`` for this counter only, ahead of the registered
             rules of ``convention`` (None counts the op as 0).
+        timer: the :class:`~dispatchcount.meters.OpTimer` measuring ``"time"`` (default:
+            ``OpTimer()``, CUDA events on CUDA); giving one implies ``"time"``.
 
     Each ``with`` block starts from zero. Forward FLOPs go to the running module; backward
     FLOPs to the module whose forward created the autograd node being run.
@@ -46,6 +55,7 @@ class FlopMode:
         display: bool = False,
         metrics: tuple[str, ...] = ("flops",),
         formulas: Optional[Mapping[Any, Optional[Formula]]] = None,
+        timer: Optional["OpTimer"] = None,
     ) -> None:
         if model is not None and not isinstance(model, torch.nn.Module):
             raise TypeError(f"model must be a torch.nn.Module or None, got {type(model).__name__}")
@@ -54,13 +64,13 @@ class FlopMode:
         unknown = [m for m in metrics if m not in RECORDABLE]
         if unknown:
             raise ValueError(f"metrics must be among {tuple(RECORDABLE)}, got {unknown[0]!r}")
-        if "bytes" in metrics or "time" in metrics:
-            raise NotImplementedError(f"metrics {metrics}: only 'flops' is recorded in this version")
+        if timer is not None and "time" not in metrics:
+            metrics += ("time",)
         self.model = model
         self.convention = convention
         self.strict = strict
         self.display = display
-        self.metrics = ("flops",) + tuple(m for m in metrics if m != "flops")
+        self.metrics = ("flops",) + tuple(dict.fromkeys(m for m in metrics if m != "flops"))
         table = self._convention.load()
         self._rules = table.overlay(formulas) if formulas else table
         self._records = Records()
@@ -69,6 +79,11 @@ class FlopMode:
         self._tracker = ModuleTracker(model, self._modules)
         self._hook: Any = None
         self._snapshot: Optional[Counts] = None
+        self._timer = timer
+        if "time" in self.metrics and timer is None:
+            from dispatchcount.meters import OpTimer
+
+            self._timer = OpTimer()
 
     # -- context ---------------------------------------------------------------------------
 
@@ -81,7 +96,8 @@ class FlopMode:
         self._tracker = ModuleTracker(self.model, self._modules)
         self._tracker.start()
         hook_class = self._convention.hook_class()
-        self._hook = hook_class(self._rules, self._records, self._tracker, self._problems)
+        self._hook = hook_class(self._rules, self._records, self._tracker, self._problems,
+                                meters=self._meters(), timer=self._timer)
         try:
             self._hook.__enter__()
         except BaseException:
@@ -101,6 +117,17 @@ class FlopMode:
             self._warn_uncounted()
             if self.display:
                 print(self.table())
+
+    def _meters(self) -> tuple:
+        meters: list = []
+        if "bytes" in self.metrics:
+            from dispatchcount.meters import bytes_meter
+
+            meters.append(bytes_meter(self._problems))
+        if self._timer is not None:
+            self._timer.pending.clear()
+            meters.append(self._timer)
+        return tuple(meters)
 
     @contextlib.contextmanager
     def section(self, label: str) -> Iterator[None]:
@@ -140,6 +167,8 @@ class FlopMode:
         return counts
 
     def _take_snapshot(self) -> Counts:
+        if self._timer is not None:
+            self._timer.flush()
         tracker = self._tracker
         modules = list(self.model.named_modules()) if self.model is not None else []
         names = [name for name, _ in modules] if modules else [""]
@@ -188,7 +217,10 @@ class FlopMode:
     # -- results ---------------------------------------------------------------------------
 
     def total(self, phase: Optional[str] = None, *, metric: str = "flops") -> int:
-        """Every counted FLOP; ``phase`` "forward" or "backward" (which includes recompute)."""
+        """Every counted FLOP; ``phase`` "forward" or "backward" (which includes recompute).
+
+        ``metric``: "flops", "calls", or a recorded metric's "bytes", "bytes_read",
+        "bytes_written", "seconds"."""
         return self.counts().total(phase, metric)
 
     def by_module(self, phase: Optional[str] = None, inclusive: bool = True, *, metric: str = "flops") -> dict[str, int]:
@@ -209,9 +241,11 @@ class FlopMode:
         """{module: {operator: FLOPs}}, inclusive of children unless ``inclusive=False``."""
         return self.counts().by_module_and_operator(phase, inclusive, metric)
 
-    def by_dtype(self, phase: Optional[str] = None) -> dict[str, int]:
-        """{dtype: FLOPs}, by the dtype each op computed in ("float32", "bfloat16" ...)."""
-        return self.counts().by_dtype(phase)
+    def by_dtype(self, phase: Optional[str] = None, *, metric: str = "flops") -> dict[str, int]:
+        """{dtype: FLOPs}, by the dtype each op computed in ("float32", "bfloat16" ...):
+        matmul-like ops the dtype they multiply in ("float8_e4m3fn" for ``_scaled_mm``, "tf32"
+        for float32 products on CUDA with TF32 allowed). ``metric``: another recorded metric."""
+        return self.counts().by_dtype(phase, metric)
 
     def by_section(self, phase: Optional[str] = None, *, metric: str = "flops") -> dict[Optional[str], int]:
         """{section label: FLOPs} (see :meth:`section`); None holds what ran outside any section."""
@@ -238,17 +272,54 @@ class FlopMode:
         """{module name: forward calls}."""
         return dict(self.counts().calls)
 
-    def table(self, depth: int = 3) -> str:
-        """A table by module: parameters, forward, backward and total FLOPs, share of the total."""
-        return report.table(self.counts(), depth)
+    # -- beyond FLOPs: roofline and utilization (need convention="flop") -----------------
 
-    def to_dict(self) -> dict[str, Any]:
-        """Everything above as a JSON-serializable dict."""
-        return report.to_dict(self.counts())
+    def roofline(self, device: Union[str, "DeviceSpec"], *, tf32: bool = False) -> "Roofline":
+        """The roofline estimate on ``device`` (a name in ``dispatchcount.devices`` or a
+        :class:`~dispatchcount.DeviceSpec`): ``.seconds()``, ``.by_module()``, ``.bound()``,
+        ``.table(depth)``. Needs ``metrics=(..., "bytes")``. ``tf32=True``: float32 products at
+        the TF32 peak (a meta or CPU run records them as float32)."""
+        from dispatchcount.roofline import Roofline
 
-    def to_html(self, path: str | os.PathLike) -> None:
-        """Write the self-contained HTML report (module icicle, operators, conventions) to ``path``."""
-        Path(path).write_text(report_html.page(self.counts()), encoding="utf-8")
+        return Roofline(self.counts(), device, tf32=tf32)
+
+    def mfu(self, seconds: float, device: Union[str, "DeviceSpec"]) -> float:
+        """Model FLOPs utilization of a run that took ``seconds``: the time forward and backward
+        FLOPs (no recompute) take at ``device``'s dense tensor peak of their dtype, / ``seconds``."""
+        from dispatchcount.roofline import mfu
+
+        return mfu(self.counts(), seconds, device)
+
+    def hfu(self, seconds: float, device: Union[str, "DeviceSpec"]) -> float:
+        """Hardware FLOPs utilization: as :meth:`mfu`, with recomputation's FLOPs."""
+        from dispatchcount.roofline import hfu
+
+        return hfu(self.counts(), seconds, device)
+
+    def achieved(self, device: Union[str, "DeviceSpec"]) -> dict[str, dict[str, float]]:
+        """Per module, from the measured time (``metrics=(..., "time")``): seconds, FLOP/s and
+        fraction of peak; with bytes, bytes/s and the roofline estimate over the measured time."""
+        from dispatchcount.roofline import achieved
+
+        return achieved(self.counts(), device)
+
+    def table(self, depth: int = 3, device: Union[None, str, "DeviceSpec"] = None) -> str:
+        """A table by module: parameters, forward, backward and total FLOPs, share of the total;
+        with bytes and time recorded, their columns; with ``device``, intensity, estimated
+        time and bound."""
+        return report.table(self.counts(), depth, self._estimate(device))
+
+    def to_dict(self, device: Union[None, str, "DeviceSpec"] = None) -> dict[str, Any]:
+        """Everything above as a JSON-serializable dict (with ``device``, the roofline too)."""
+        return report.to_dict(self.counts(), self._estimate(device))
+
+    def _estimate(self, device: Union[None, str, "DeviceSpec"]) -> Optional["Roofline"]:
+        return None if device is None else self.roofline(device)
+
+    def to_html(self, path: str | os.PathLike, device: Union[None, str, "DeviceSpec"] = None) -> None:
+        """Write the self-contained HTML report (module icicle, operators, conventions; with
+        ``device``, the roofline estimate) to ``path``."""
+        Path(path).write_text(report_html.page(self.counts(), estimate=self._estimate(device)), encoding="utf-8")
 
     def _repr_html_(self) -> str:
         return report_html.notebook(self.counts())

@@ -38,11 +38,12 @@ class Problems:
             )
         self.unsupported[func] = self.unsupported.get(func, 0) + 1
 
-    def formula_failed(self, func: Any, error: Exception) -> None:
+    def formula_failed(self, func: Any, error: Exception, rule: str = "FLOP formula") -> None:
         if self.strict:
-            raise FormulaError(f"dispatchcount: the FLOP formula for {func} raised {error!r}") from error
+            raise FormulaError(f"dispatchcount: the {rule} for {func} raised {error!r}") from error
         entry = self.errors.get(func)
         if entry is None:
-            self.errors[func] = [1, f"{type(error).__name__}: {error}"]
+            prefix = "" if rule == "FLOP formula" else f"{rule}: "
+            self.errors[func] = [1, f"{prefix}{type(error).__name__}: {error}"]
         else:
             entry[0] += 1

@@ -3,7 +3,8 @@
 A *rule* is resolved once per op and convention, then cached. It is one of:
 
 - a formula, ``formula(*args, out=result, **kwargs) -> int``, called with the op's arguments as
-  dispatched (schema order);
+  dispatched (schema order); on the rare calls whose FLOPs are in a dtype other than the result's
+  (fp8 operands of ``_scaled_mm``, TF32 matmuls), it returns a :class:`Cost` instead of an int;
 - ``ZERO``: the op does no floating-point arithmetic (views, copies, factories, ...);
 - ``DECOMPOSE``: the op has no rule of its own but a CompositeImplicitAutograd kernel; the
   mode runs that kernel and counts the pieces;
@@ -39,6 +40,7 @@ __all__ = [
     "UNSUPPORTED",
     "HIGHER_ORDER",
     "Formula",
+    "Cost",
     "convention",
     "register_formula",
     "register_zero",
@@ -50,6 +52,27 @@ __all__ = [
 Formula = Callable[..., int]
 Op = Union[OpOverload, OpOverloadPacket, HigherOrderOperator]
 Resolver = Callable[[OpOverload], Any]
+
+
+class Cost:
+    """A formula's result when the FLOPs are computed in another dtype than the op's result:
+    ``Cost(flops, torch.float8_e4m3fn)`` for ``_scaled_mm``, ``Cost(flops, "tf32")`` for a float32
+    matmul on TF32 tensor cores. ``dtype`` is a ``torch.dtype`` or a label string."""
+
+    __slots__ = ("flops", "dtype")
+
+    def __init__(self, flops: int, dtype: Any) -> None:
+        self.flops = flops
+        self.dtype = dtype
+
+    def __repr__(self) -> str:
+        return f"Cost({self.flops!r}, {self.dtype!r})"
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is Cost and (self.flops, self.dtype) == (other.flops, other.dtype)
+
+    def __hash__(self) -> int:
+        return hash((self.flops, self.dtype))
 
 
 class _Marker:

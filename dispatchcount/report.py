@@ -7,11 +7,14 @@ A renderer takes a snapshot and returns text or data; it never reads a FlopMode.
 from __future__ import annotations
 
 import inspect
-from typing import Any
+from typing import TYPE_CHECKING, Any, Iterator, Optional
 
 from dispatchcount.records import Counts
 
-__all__ = ["human", "table", "to_dict"]
+if TYPE_CHECKING:
+    from dispatchcount.roofline import Roofline
+
+__all__ = ["human", "human_seconds", "table", "roofline_table", "to_dict"]
 
 
 def human(number: float) -> str:
@@ -21,6 +24,14 @@ def human(number: float) -> str:
             return f"{number:.3g}{unit}" if unit else f"{number:.0f}"
         number /= 1000
     return f"{number:.3g}P"
+
+
+def human_seconds(seconds: float) -> str:
+    """3 significant digits with s/ms/us/ns: 0.00123 -> '1.23 ms'."""
+    for unit, scale in (("s", 1.0), ("ms", 1e-3), ("us", 1e-6)):
+        if abs(seconds) >= scale:
+            return f"{seconds / scale:.3g} {unit}"
+    return f"{seconds / 1e-9:.3g} ns" if seconds else "0"
 
 
 def _depth(name: str) -> int:
@@ -41,8 +52,18 @@ def _tabulate(rows: list, header: list) -> str:
         tabulate.PRESERVE_WHITESPACE = preserve
 
 
-def table(counts: Counts, depth: int = 3) -> str:
-    """Module tree (up to ``depth``) with parameters, forward, backward, total and share."""
+def _modules(counts: Counts, depth: int) -> Iterator[tuple[str, str]]:
+    """(name, indented label) of each module up to ``depth``, in the model's order."""
+    for name in counts.modules:
+        level = _depth(name)
+        if level <= depth:
+            yield name, " " * level + (name or ("model" if counts.has_model else "(all)"))
+
+
+def table(counts: Counts, depth: int = 3, estimate: Optional["Roofline"] = None) -> str:
+    """Module tree (up to ``depth``) with parameters, forward, backward, total and share; with
+    bytes or time recorded their totals; with a roofline ``estimate`` (of these counts),
+    intensity, estimated time and bound."""
     forward = counts.by_module("forward")
     backward = counts.by_module("backward")
     recompute = counts.by_module("recompute")
@@ -57,13 +78,11 @@ def table(counts: Counts, depth: int = 3) -> str:
     if has_recompute:
         header.insert(4, "(recompute)")
     header.append("%")
+    extra = _extra_columns(counts, estimate)
+    header += [title for title, _ in extra]
     rows = []
-    for name in counts.modules:
-        level = _depth(name)
-        if level > depth:
-            continue
-        label = name or ("model" if counts.has_model else "(all)")
-        row = [" " * level + label, human(params[name]) if name in params else "", human(forward.get(name, 0))]
+    for name, label in _modules(counts, depth):
+        row = [label, human(params[name]) if name in params else "", human(forward.get(name, 0))]
         module_total = forward.get(name, 0)
         if has_backward:
             module_total += backward.get(name, 0)
@@ -71,8 +90,11 @@ def table(counts: Counts, depth: int = 3) -> str:
         if has_recompute:
             row.insert(4, human(recompute.get(name, 0)))
         row.append(f"{100 * module_total / grand_total:.1f}%" if grand_total else "-")
+        row += [cell(name) for _, cell in extra]
         rows.append(row)
     text = f"convention: {counts.convention}\n" + _tabulate(rows, header)
+    if estimate is not None:
+        text += f"\nroofline: {_device_line(estimate)}"
     beyond = counts.beyond()
     if beyond:
         text += f"\n{counts.beyond_label}: " + ", ".join(f"{op} {human(flops)}" for op, flops in beyond.items())
@@ -83,11 +105,63 @@ def table(counts: Counts, depth: int = 3) -> str:
     return text
 
 
-def to_dict(counts: Counts) -> dict[str, Any]:
-    """Everything a snapshot holds, as a JSON-serializable dict."""
+def _extra_columns(counts: Counts, estimate: Optional["Roofline"]) -> list:
+    """(title, cell(module name)) of the columns beyond FLOPs: bytes, measured time, roofline."""
+    columns = []
+    if "bytes" in counts.metrics:
+        moved = counts.by_module(metric="bytes")
+        columns.append(("bytes", lambda name: human(moved.get(name, 0)) + "B"))
+    if "time" in counts.metrics:
+        measured = counts.by_module(metric="seconds")
+        columns.append(("measured", lambda name: human_seconds(measured.get(name, 0))))
+    if estimate is not None:
+        intensity, seconds, bound = estimate.intensity(), estimate.by_module(), estimate.bound()
+        columns += [
+            ("FLOP/B", lambda name: f"{intensity[name]:.3g}" if name in intensity else "-"),
+            ("est. time", lambda name: human_seconds(seconds.get(name, 0.0))),
+            ("bound", lambda name: bound.get(name, "-")),
+        ]
+    return columns
+
+
+def _device_line(estimate: "Roofline") -> str:
+    d = estimate.device_summary()
+    return (f"{d['name']}, {human(d['bandwidth'])}B/s, {d['peak_dtype']} peak "
+            f"{human(d['peak_flops'])}FLOP/s; estimated {human_seconds(estimate.seconds())} "
+            "(each op its own kernel, no overlap)")
+
+
+def roofline_table(estimate: "Roofline", depth: int = 3) -> str:
+    """Module tree with FLOPs, bytes, intensity, estimated time, bound and share of time; with
+    time recorded, the measured time and the roofline's share of it."""
+    counts = estimate.counts
+    flops, moved = counts.by_module(), counts.by_module(metric="bytes")
+    intensity, seconds, bound = estimate.intensity(), estimate.by_module(), estimate.bound()
+    total = estimate.seconds()
+    header = ["module", "FLOPs", "bytes", "FLOP/B", "est. time", "bound", "% time"]
+    measured = counts.by_module(metric="seconds") if "time" in counts.metrics else None
+    if measured is not None:
+        header += ["measured", "roofline %"]
+    rows = []
+    for name, label in _modules(counts, depth):
+        row = [label, human(flops.get(name, 0)), human(moved.get(name, 0)) + "B",
+               f"{intensity[name]:.3g}" if name in intensity else "-",
+               human_seconds(seconds.get(name, 0.0)), bound.get(name, "-"),
+               f"{100 * seconds.get(name, 0.0) / total:.1f}%" if total else "-"]
+        if measured is not None:
+            m = measured.get(name, 0.0)
+            row += [human_seconds(m), f"{100 * seconds.get(name, 0.0) / m:.0f}%" if m else "-"]
+        rows.append(row)
+    return f"roofline: {_device_line(estimate)}\n" + _tabulate(rows, header)
+
+
+def to_dict(counts: Counts, estimate: Optional["Roofline"] = None) -> dict[str, Any]:
+    """Everything a snapshot holds, as a JSON-serializable dict; with a roofline ``estimate``
+    (of these counts) that too: top-level ``device`` and ``estimated_seconds``, per module
+    ``estimated_seconds``, ``bound`` and ``intensity``."""
     forward = counts.by_module("forward")
     backward = counts.by_module("backward")
-    return {
+    result = {
         "convention": counts.convention,
         "unit": counts.unit,
         "partial": counts.partial,
@@ -115,4 +189,29 @@ def to_dict(counts: Counts) -> dict[str, Any]:
         "unsupported_ops": dict(counts.unsupported),
         "formula_errors": dict(counts.errors),
         "uncalled_modules": sorted(counts.uncalled),
+        "metrics": list(counts.metrics),
     }
+    modules = result["modules"]
+    if "bytes" in counts.metrics:
+        read, written = counts.by_module(metric="bytes_read"), counts.by_module(metric="bytes_written")
+        for name, entry in modules.items():
+            entry.update(bytes=read.get(name, 0) + written.get(name, 0), bytes_read=read.get(name, 0),
+                         bytes_written=written.get(name, 0))
+        result["bytes"] = {"total": counts.total(metric="bytes"), "read": counts.total(metric="bytes_read"),
+                           "written": counts.total(metric="bytes_written"),
+                           "by_operator": counts.by_operator(metric="bytes")}
+    if "time" in counts.metrics:
+        measured = counts.by_module(metric="seconds")
+        for name, entry in modules.items():
+            entry["seconds"] = measured.get(name, 0.0)
+        result["seconds"] = {"total": counts.total(metric="seconds"),
+                             "by_operator": counts.by_operator(metric="seconds")}
+    if estimate is not None:
+        seconds, bound, intensity = estimate.by_module(), estimate.bound(), estimate.intensity()
+        for name, entry in modules.items():
+            entry.update(estimated_seconds=seconds.get(name, 0.0), bound=bound.get(name),
+                         intensity=intensity.get(name))
+        result["device"] = estimate.device_summary()
+        result["estimated_seconds"] = estimate.seconds()
+        result["estimated_by_operator"] = estimate.by_operator()
+    return result

@@ -99,9 +99,9 @@ def notebook_html(data: Mapping[str, Any], *, height: int = 720) -> str:
 # -- the parts of the page ----------------------------------------------------------------------
 
 
-def page(counts: Counts, *, title: str | None = None) -> str:
-    """The HTML report of a snapshot (see :func:`render_html`)."""
-    return render_html(to_dict(counts), title=title)
+def page(counts: Counts, *, title: str | None = None, estimate: Any = None) -> str:
+    """The HTML report of a snapshot (see :func:`render_html`), with a roofline ``estimate``."""
+    return render_html(to_dict(counts, estimate), title=title)
 
 
 def notebook(counts: Counts) -> str:

@@ -63,3 +63,48 @@ def test_traceback_flag_shows_the_cause():
     result = run("examples.llama:Llama", "--input-shape", "1,4", "--traceback")
     assert result.returncode == 1
     assert "Traceback" in result.stderr
+
+
+
+def run_in_process(capsys, *args):
+    """The CLI in this process (no interpreter start-up): (exit code, stdout, stderr)."""
+    from dispatchcount.cli import main
+
+    try:
+        code = main(list(args))
+    except SystemExit as exit:  # argparse errors
+        code = exit.code
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_metrics_and_device_spec_add_bytes_and_roofline_columns(capsys):
+    code, out, err = run_in_process(capsys, "examples.llama:llama_tiny", "--input-shape", "1,16", "--input-dtype",
+                                    "int64", "--device", "meta", "--depth", "1", "--metrics", "flops,bytes",
+                                    "--device-spec", "h100-sxm")
+    assert code == 0, err
+    header = out.splitlines()[1].split()
+    assert header[-5:] == ["bytes", "FLOP/B", "est.", "time", "bound"]
+    assert "roofline: h100-sxm" in out
+
+
+def test_json_carries_bytes_and_the_device(capsys):
+    code, out, err = run_in_process(capsys, "examples.llama:llama_tiny", "--input-shape", "1,8", "--input-dtype",
+                                    "int64", "--device", "meta", "--json", "--device-spec", "h100-sxm")
+    assert code == 0, err
+    report = json.loads(out)
+    assert report["metrics"] == ["flops", "bytes"]  # --device-spec records bytes
+    assert report["device"]["name"] == "h100-sxm" and report["device"]["bandwidth"] == 3.35e12
+    # lm_head: (8, 32) @ (32, 128) in fp32: reads x and W, writes the logits.
+    lm_head = report["modules"]["lm_head"]
+    assert lm_head["bytes"] == (8 * 32 + 32 * 128 + 8 * 128) * 4
+    assert lm_head["bound"] == "memory" and lm_head["estimated_seconds"] > 0
+    assert report["bytes"]["total"] == report["modules"][""]["bytes"]
+
+
+def test_bad_metrics_and_device_spec(capsys):
+    code, _, err = run_in_process(capsys, "examples.llama:llama_tiny", "--input-shape", "1,8", "--metrics", "flops,watts")
+    assert code == 2 and "flops,bytes" in err
+    code, _, err = run_in_process(capsys, "examples.llama:llama_tiny", "--input-shape", "1,8", "--device-spec",
+                                  "h100-sxm", "--convention", "fvcore")
+    assert code == 1 and "--device-spec needs FLOPs" in err

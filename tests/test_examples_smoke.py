@@ -126,9 +126,31 @@ def test_bench_overhead_runs_and_prints_the_ratios():
     for mode in ("plain", "no-op TorchDispatchMode", "FlopCounterMode", "FlopMode"):
         assert line_with(out, mode)
     assert "added per op / no-op mode's" in out and "added per op / FlopCounterMode's" in out
+    assert line_with(out, "FlopMode flops+bytes added per op / no-op mode's")
+    assert line_with(out, "FlopMode flops+time added per op / no-op mode's")
 
 
 def test_bench_selective_scan_runs_on_cpu():
     out = run("examples/bench_selective_scan.py", "--cpu-repeat", "1")
     assert "naive loop" in out
     assert len([line for line in out.splitlines() if line.rstrip().endswith("x")]) >= 4
+
+
+def test_roofline_vs_measured_cpu_path_at_tiny_sizes():
+    out = run("examples/roofline_vs_measured.py", "--tiny", "--device", "cpu", "--repeats", "1", "--warmup", "1")
+    llama, vit = out.split("=== vit-b/16")
+    # Llama block: batch 2, seq 16, d 64, 4 heads, MLP 128. q, k, v, o and the three MLP
+    # products, then QK^T and PV over all 16 x 16 pairs (causal is counted dense).
+    tokens, d, hidden = 2 * 16, 64, 128
+    products = 4 * 2 * tokens * d * d + 3 * 2 * tokens * d * hidden + 4 * 2 * 16 * 16 * d
+    assert ints(line_with(llama, "forward products"))[0] == products
+    # ViT: 32x32 images in 16x16 patches: 4 patches + the class token; d 64, MLP 128, 2 blocks, 10 classes.
+    b, patches, n, d, mlp = 2, 4, 5, 64, 128
+    block = 2 * b * n * d * (3 * d + d + 2 * mlp) + 4 * b * n * n * d
+    products = 2 * b * patches * 3 * 16 * 16 * d + 2 * block + 2 * b * d * 10
+    assert ints(line_with(vit, "forward products"))[0] == products
+    for part in (llama, vit):
+        for header in ("est. time", "bound", "measured", "roofline %"):
+            assert header in part
+        assert line_with(part, "MFU") and line_with(part, "plain step:")
+        assert "unsupported ops: none" in part

@@ -4,7 +4,8 @@ For every op in ``torch.testing._internal.common_methods_invocations.op_db`` tha
 float32 on CPU: two samples of the functional variant, one under ``torch.inference_mode()``
 (where CompositeImplicit ops reach the mode whole and are decomposed by it), one of the in-place
 variant, one with ``out=``, and one forward + backward (gradients compared too). Each run is reseeded, so random
-ops draw the same numbers in both runs.
+ops draw the same numbers in both runs. The in-place, ``out=`` and forward + backward runs also
+record bytes and time (``metrics=METERED``): their rules must never fail, nor change an output.
 
 "Bit-identical" allows these documented exceptions, each checked rather than assumed:
 - ops that return uninitialized memory (``UNINITIALIZED``), and any op whose two plain runs
@@ -33,6 +34,7 @@ common_methods_invocations = pytest.importorskip(
 OP_DB = [op for op in common_methods_invocations.op_db if torch.float32 in op.supported_dtypes("cpu")]
 
 FUNCTION_SAMPLES = 2
+METERED = ("flops", "bytes", "time")
 
 # OpInfos whose outputs are uninitialized memory: their bits are whatever the allocator had.
 UNINITIALIZED = {"empty", "empty_like", "empty_strided", "empty_permuted", "new_empty", "new_empty_strided"}
@@ -107,7 +109,8 @@ def _run(fn: Callable[..., Any], args: tuple, kwargs: dict, backward: bool, infe
 
 
 def _check(fn: Callable[..., Any], args: tuple, kwargs: dict, what: str, problems: list,
-           backward: bool = False, uninitialized: bool = False, inference: bool = False) -> None:
+           backward: bool = False, uninitialized: bool = False, inference: bool = False,
+           metrics: tuple = ("flops",)) -> None:
     try:
         reference = _run(fn, args, kwargs, backward, inference)
     except Exception:
@@ -115,7 +118,7 @@ def _check(fn: Callable[..., Any], args: tuple, kwargs: dict, what: str, problem
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
-            with FlopMode() as mode:
+            with FlopMode(metrics=metrics) as mode:
                 counted = _run(fn, args, kwargs, backward, inference)
         except Exception as error:
             problems.append(f"{what}: raised under FlopMode but not without it: {error!r}")
@@ -156,7 +159,7 @@ def test_opinfo_sample_is_unchanged_and_counted(op: Any) -> None:
     if samples and op.inplace_variant is not None:
         s = samples[0]
         _check(op.inplace_variant, (s.input, *s.args), s.kwargs, "in-place", problems,
-               uninitialized=uninitialized)
+               uninitialized=uninitialized, metrics=METERED)
     if samples and op.supports_out:
         s = samples[0]
         try:
@@ -168,9 +171,9 @@ def test_opinfo_sample_is_unchanged_and_counted(op: Any) -> None:
             out = None
         if out is not None:
             _check(lambda *a, **k: op.op(*a, out=_clone(out), **k), (s.input, *s.args), s.kwargs,
-                   "out=", problems, uninitialized=uninitialized)
+                   "out=", problems, uninitialized=uninitialized, metrics=METERED)
     if op.supports_autograd and torch.float32 in op.supported_backward_dtypes("cpu"):
         for s in _samples(op, True, 1):
             _check(op.op, (s.input, *s.args), s.kwargs, "forward+backward", problems, backward=True,
-                   uninitialized=uninitialized)
+                   uninitialized=uninitialized, metrics=METERED)
     assert not problems, f"{op.name} ({op.variant_test_name}): " + "; ".join(problems)

@@ -14,7 +14,6 @@ import sys
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from dispatchcount.kernels import selective_scan
 from dispatchcount.kernels.scan import pytorch_kernel

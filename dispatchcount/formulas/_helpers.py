@@ -13,7 +13,7 @@ from typing import Any, Callable, Optional, Sequence
 import torch
 from torch._ops import OpOverload
 
-from dispatchcount.registry import register_resolver
+from dispatchcount.registry import Cost, register_resolver
 
 __all__ = [
     "COMPLEX_ADD",
@@ -30,6 +30,7 @@ __all__ = [
     "dtype_factor",
     "fixed",
     "macs_to_flops",
+    "matmul_cost",
     "mul_factor",
     "prod",
     "first_tensor",
@@ -65,6 +66,26 @@ def macs_to_flops(macs: int, dtype: torch.dtype) -> int:
     if dtype.is_floating_point:
         return 2 * macs
     return 0
+
+
+_F32 = torch.float32
+_cublas_tf32 = torch._C._get_cublas_allow_tf32
+cudnn_tf32 = torch._C._get_cudnn_allow_tf32
+
+
+def matmul_cost(flops: int, operand: Tensor, out: Any = None, tf32_allowed: Callable[[], bool] = _cublas_tf32) -> Any:
+    """``flops`` of a product of ``operand``-typed matrices, labelled with the dtype they are
+    multiplied in when it is not the result's (docs/conventions.md, "FLOPs by dtype"):
+    ``"tf32"`` for float32 operands on CUDA while ``tf32_allowed()`` (cuBLAS's flag, or
+    ``cudnn_tf32`` for convolutions), the operands' dtype when the result has another one
+    (``mm`` with ``out_dtype``). Otherwise the plain int, so the hook keys it by the result."""
+    dtype = operand.dtype
+    if dtype is _F32:
+        if operand.is_cuda and tf32_allowed():
+            return Cost(flops, "tf32")
+    elif isinstance(out, Tensor) and out.dtype is not dtype:
+        return Cost(flops, dtype)
+    return flops
 
 
 def dtype_factor(complex_factor: int, *tensors: Optional[Tensor]) -> int:

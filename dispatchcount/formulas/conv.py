@@ -17,7 +17,7 @@ from typing import Sequence
 
 import torch
 
-from dispatchcount.formulas._helpers import conv_macs, macs_to_flops, prod
+from dispatchcount.formulas._helpers import conv_macs, cudnn_tf32, macs_to_flops, matmul_cost, prod
 from dispatchcount.registry import register_formula
 
 aten = torch.ops.aten
@@ -36,14 +36,14 @@ def conv_flops(
 
 def _forward(transposed: bool):
     def formula(x, weight, *args, out=None, **kwargs) -> int:
-        return conv_flops(x.shape, weight.shape, out.shape, transposed, x.dtype)
+        return matmul_cost(conv_flops(x.shape, weight.shape, out.shape, transposed, x.dtype), x, out, cudnn_tf32)
 
     return formula
 
 
 @register_formula([aten.convolution, aten._convolution, aten.convolution_overrideable])
 def convolution_flop(x, weight, bias, stride, padding, dilation, transposed, *args, out=None, **kwargs) -> int:
-    return conv_flops(x.shape, weight.shape, out.shape, transposed, x.dtype)
+    return matmul_cost(conv_flops(x.shape, weight.shape, out.shape, transposed, x.dtype), x, out, cudnn_tf32)
 
 
 register_formula(
@@ -89,7 +89,7 @@ def conv_tbc_flop(x, weight, bias, *args, out=None, **kwargs) -> int:
 def conv_backward_flops(grad_out, x, weight, transposed: bool, output_mask: Sequence[bool]) -> int:
     """Input and weight gradients each cost one forward; the bias gradient is not counted."""
     forward = conv_flops(x.shape, weight.shape, grad_out.shape, transposed, grad_out.dtype)
-    return forward * (bool(output_mask[0]) + bool(output_mask[1]))
+    return matmul_cost(forward * (bool(output_mask[0]) + bool(output_mask[1])), grad_out, None, cudnn_tf32)
 
 
 @register_formula(aten.convolution_backward)

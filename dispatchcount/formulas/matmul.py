@@ -1,5 +1,8 @@
 """Matrix products: one multiply-add per (m, n, k) triple, 2 FLOPs (FlopCounterMode's rule).
 
+A product's FLOPs are labelled with the dtype its operands are multiplied in (``matmul_cost``):
+``"tf32"`` for float32 on CUDA with TF32 allowed, fp8 for ``_scaled_mm``.
+
 The additive terms of ``addmm``/``baddbmm``/``addmv`` (``beta * self``) are not counted, as
 FlopCounterMode does not count them; bias is folded into the accumulation on every backend.
 ``matmul``, ``linear``, ``einsum`` and ``tensordot`` are CompositeImplicit: they reach the
@@ -10,8 +13,8 @@ from __future__ import annotations
 
 import torch
 
-from dispatchcount.formulas._helpers import macs_to_flops
-from dispatchcount.registry import register_formula
+from dispatchcount.formulas._helpers import macs_to_flops, matmul_cost
+from dispatchcount.registry import Cost, register_formula
 
 aten = torch.ops.aten
 
@@ -19,35 +22,40 @@ aten = torch.ops.aten
 @register_formula([aten.mm, aten._int_mm])
 def mm_flop(a, b, *args, out=None, **kwargs) -> int:
     m, k = a.shape
-    if a.dtype.is_floating_point:  # the common case, without a helper call (every nn.Linear)
+    dtype = a.dtype
+    if dtype.is_floating_point and not a.is_cuda and out.dtype is dtype:  # common: no helper call
         return 2 * m * b.shape[-1] * k
-    return macs_to_flops(m * b.shape[-1] * k, a.dtype)
+    return matmul_cost(macs_to_flops(m * b.shape[-1] * k, dtype), a, out)
 
 
 @register_formula([aten.addmm, aten._addmm_activation])
 def addmm_flop(bias, a, b, *args, out=None, **kwargs) -> int:
     m, k = a.shape  # mm_flop's, written out: addmm runs for every nn.Linear
-    return 2 * m * b.shape[-1] * k if a.dtype.is_floating_point else mm_flop(a, b)
+    dtype = a.dtype
+    if dtype.is_floating_point and not a.is_cuda and out.dtype is dtype:
+        return 2 * m * b.shape[-1] * k
+    return mm_flop(a, b, out=out)
 
 
 @register_formula(aten.bmm)
 def bmm_flop(a, b, *args, out=None, **kwargs) -> int:
     batch, m, k = a.shape
     n = b.shape[-1]
-    return macs_to_flops(batch * m * n * k, a.dtype)
+    return matmul_cost(macs_to_flops(batch * m * n * k, a.dtype), a, out)
 
 
 @register_formula([aten.baddbmm, aten.addbmm])
 def baddbmm_flop(bias, a, b, *args, out=None, **kwargs) -> int:
     # addbmm sums the batch of products into one matrix: the same multiply-adds.
-    return bmm_flop(a, b)
+    return bmm_flop(a, b, out=out)
 
 
 @register_formula([aten._scaled_mm, aten._scaled_mm_v2])
 def scaled_mm_flop(a, b, *args, out=None, **kwargs) -> int:
-    # Low-precision (fp8) inputs still do floating-point multiply-adds; scaling is not counted.
+    # Low-precision (fp8) inputs still do floating-point multiply-adds, in their dtype (the
+    # result is bf16 or fp32); scaling is not counted.
     m, k = a.shape
-    return 2 * m * b.shape[-1] * k
+    return Cost(2 * m * b.shape[-1] * k, a.dtype)
 
 
 @register_formula(aten.mv)

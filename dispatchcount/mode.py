@@ -8,7 +8,7 @@ from typing import Any, Callable, Iterator, Mapping, Optional
 
 import torch
 
-from dispatchcount import report
+from dispatchcount import report, sdpa
 from dispatchcount.problems import FormulaError, Problems, UnsupportedOperatorError
 from dispatchcount.records import RECORDABLE, Counts, Records, op_name, snapshot_rows
 from dispatchcount.registry import Formula, convention as find_convention
@@ -79,9 +79,11 @@ class FlopMode:
         self._tracker.start()
         hook_class = self._convention.hook_class()
         self._hook = hook_class(self._rules, self._records, self._tracker, self._problems)
+        sdpa.acquire()
         try:
             self._hook.__enter__()
         except BaseException:
+            sdpa.release()
             self._tracker.stop()
             self._hook = None
             raise
@@ -93,6 +95,8 @@ class FlopMode:
             if hook is not None:
                 hook.__exit__(exc_type, exc, tb)
         finally:
+            if hook is not None:
+                sdpa.release()
             self._tracker.stop()
         if exc_type is None:
             self._warn_uncounted()

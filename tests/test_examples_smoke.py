@@ -86,7 +86,8 @@ def test_count_transformer():
     # GPTConfig defaults: vocab 512, context 64, dim 128, heads 4, layers 2, MLP x4; batch 2.
     B, T, d, h, layers, vocab, hidden = 2, 64, 128, 4, 2, 512, 512
     linear = 2 * B * T * (layers * (3 * d * d + d * d + 2 * d * hidden) + d * vocab)
-    attention = layers * 4 * B * h * T * T * (d // h)
+    scores = layers * B * h * T * T
+    attention = 4 * scores * (d // h) + 8 * scores  # QK^T, PV; scale and softmax 6, dropout 2
     assert ints(line_with(out, "linear + tied head matmuls:")) == [linear, linear]
     assert ints(line_with(out, "causal attention:")) == [attention, attention]
     head = ints(line_with(out, "tied head F.linear"))

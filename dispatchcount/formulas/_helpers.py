@@ -12,6 +12,8 @@ from typing import Any, Callable, Optional, Sequence
 
 import torch
 from torch._ops import OpOverload
+from torch._subclasses.fake_tensor import FakeTensor
+from torch._subclasses.functional_tensor import FunctionalTensor
 
 from dispatchcount.registry import register_resolver
 
@@ -35,6 +37,7 @@ __all__ = [
     "first_tensor",
     "first_tensor_list",
     "has_arg",
+    "has_data",
     "out_argument_names",
     "register_family",
     "without_out_arguments",
@@ -100,6 +103,11 @@ def result_tensor(out: Any) -> Optional[Tensor]:
             if isinstance(o, Tensor):
                 return o
     return None
+
+
+def has_data(t: Tensor) -> bool:
+    """Whether ``t`` holds values a formula may read (not meta, fake or functional)."""
+    return t.device.type != "meta" and not isinstance(t, (FakeTensor, FunctionalTensor))
 
 
 def first_tensor(args: tuple) -> Optional[Tensor]:

@@ -9,8 +9,9 @@ larger ``bmm`` (fvcore charges ``prod(a.shape) * b.shape[-1]``), ``AdaptiveAvgPo
 (fvcore charges it as a training norm).
 
 :class:`FvcoreFunctionMode` is a ``TorchFunctionMode`` that, for those Python functions only (and
-for convolutions with string padding and ``scaled_dot_product_attention``, which fvcore sees as
-nodes it has no handle for), turns the call into the aten composite op it stands for, charges
+for convolutions with string padding, which fvcore sees as a node it has no handle for;
+``scaled_dot_product_attention`` is one call on every backend for every convention, see
+``dispatchcount.sdpa``), turns the call into the aten composite op it stands for, charges
 that op's ``convention="fvcore"`` rule once, and runs the call unchanged with the counting of
 what it dispatches suspended. Every other call passes straight through; outputs are the very
 tensors the call returns.
@@ -143,11 +144,6 @@ def _conv(args, kwargs) -> Call:
     return aten._convolution_mode.default, (x, w, b, stride, padding, dilation, groups)
 
 
-def _sdpa(args, kwargs) -> Call:
-    q, k, v = bind(args, kwargs, ("query", "key", "value"), {})
-    return (aten.scaled_dot_product_attention.default, (q, k, v)) if _tensors(q, k, v) else None
-
-
 _CALLS: dict[Callable, Callable[[tuple, dict], Call]] = {
     torch.einsum: _einsum,
     torch.matmul: _matmul,
@@ -163,7 +159,6 @@ _CALLS: dict[Callable, Callable[[tuple, dict], Call]] = {
     torch.conv1d: _conv,
     torch.conv2d: _conv,
     torch.conv3d: _conv,
-    F.scaled_dot_product_attention: _sdpa,
 }
 
 

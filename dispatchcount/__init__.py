@@ -1,5 +1,6 @@
 """dispatchcount: a FLOP counter for PyTorch that sees every aten op at dispatch."""
 
+from dispatchcount.generation import GenerationCount, count_generate
 from dispatchcount.mode import FlopMode, count_flops
 from dispatchcount.problems import FormulaError, UnsupportedOperatorError
 from dispatchcount.records import Counts
@@ -8,6 +9,8 @@ from dispatchcount.registry import explain, register_formula
 __all__ = [
     "FlopMode",
     "count_flops",
+    "count_generate",
+    "GenerationCount",
     "register_formula",
     "explain",
     "Counts",

@@ -28,6 +28,7 @@ from torch._higher_order_ops.flex_attention import flex_attention, flex_attentio
 
 from dispatchcount.formulas._helpers import (
     arg_reader,
+    prod,
     attention_backward_macs,
     attention_macs,
     has_data,
@@ -200,8 +201,9 @@ def call_reader(op: Any) -> Callable[[tuple, dict], AttentionCall]:
             offsets_q = None
         packed_without_data = False
         if layout == "bhsd" or (layout == "cudnn" and offsets_q is None):
-            b, h_q, s_q, d = q.shape[-4:] if q.dim() >= 4 else (1, *q.shape)
-            segments: tuple[Segment, ...] = (Segment(b, h_q, s_q, k.shape[-2]),)
+            *batch, s_q, d = q.shape  # (..., heads, s_q, d): any leading dims
+            heads = batch[-1] if batch else 1
+            segments: tuple[Segment, ...] = (Segment(prod(batch[:-1]), heads, s_q, k.shape[-2]),)
             d_v = v.shape[-1]
         elif offsets_q is None:
             b, s_q, h_q, d = q.shape

@@ -20,6 +20,7 @@ from dispatchcount.formulas._helpers import (
     Tensor,
     dtype_factor,
     fixed,
+    grouped_mm_macs,
     macs_to_flops,
     register_family,
     result_tensor,
@@ -91,15 +92,9 @@ def _contracted(result: Tensor, k: int) -> int:
 
 
 def _grouped_mm(self, mat2, *args, out=None, **kwargs):
-    # 2-D x 2-D with offsets splits K into groups: out (G, M, N) sums M N K_total products;
-    # every other layout does out.numel() * K.
+    # MoE experts: tokens (M_total, K) x weights (G, K, N) by offsets, and the other layouts
     result = result_tensor(out)
-    k = self.shape[-1]
-    if self.dim() == 2 and mat2.dim() == 2 and result.dim() == 3:
-        macs = (result.numel() // result.shape[0]) * k
-    else:
-        macs = result.numel() * k
-    return _float_macs(macs, self, mat2, result)
+    return _float_macs(grouped_mm_macs(self.shape, mat2.shape, result.shape), self, mat2, result)
 
 
 def _weight_quantized_mm(self, mat2, *args, out=None, **kwargs):

@@ -39,7 +39,7 @@ from typing import Any
 import torch
 
 from dispatchcount.formulas._helpers import argument as _arg
-from dispatchcount.formulas._helpers import attention_backward_macs, attention_macs, conv_macs
+from dispatchcount.formulas._helpers import attention_backward_macs, attention_macs, conv_macs, grouped_mm_macs
 from dispatchcount.fvcore.einsum import fvcore_einsum_macs
 from dispatchcount.registry import ZERO, register_formula, register_resolver
 from dispatchcount.sdpa import SDPA_BACKWARD
@@ -302,6 +302,13 @@ def _dot(a, b, *args, out=None, **kwargs) -> int:
     return a.numel()
 
 
+@register_formula(_ops("_grouped_mm", "_scaled_grouped_mm", "_scaled_grouped_mm_v2"), FVCORE)
+def _grouped_mm(a, b, *args, out=None, **kwargs) -> int:
+    # MoE experts (tokens x per-expert weights, by offsets): the products' multiply-adds; their
+    # backward is grouped GEMMs too, one per gradient
+    return grouped_mm_macs(a.shape, b.shape, out.shape)
+
+
 @register_formula(aten._convolution_mode, FVCORE)
 def _convolution_mode(x, weight, *args, out=None, **kwargs) -> int:
     # conv with padding="same"/"valid": JIT records aten::_convolution_mode, which fvcore lacks
@@ -410,7 +417,8 @@ BEYOND_FVCORE: frozenset[str] = frozenset(
               aten._convolution_mode, *_SDPA_FORWARD, *_SDPA_BACKWARD,
               aten._native_multi_head_attention, aten._transformer_encoder_layer_fwd,
               *_ops("_flash_attention_forward", "_efficient_attention_forward",
-                    "_flash_attention_backward", "_efficient_attention_backward")]
+                    "_flash_attention_backward", "_efficient_attention_backward",
+                    "_grouped_mm", "_scaled_grouped_mm", "_scaled_grouped_mm_v2")]
 )
 """Operator names (as in ``by_operator()``) that fvcore has no handle for but that are counted
 under ``convention="fvcore"`` because they are matmul-like work: fvcore's total lacks them."""

@@ -49,6 +49,8 @@ __all__ = [
     "call_reader",
     "attention_cost",
     "flex_call",
+    "multi_head_attention_flops",
+    "transposed_is_strided",
 ]
 
 aten = torch.ops.aten
@@ -150,6 +152,7 @@ KERNELS: dict[str, tuple[str, Optional[str], Optional[str]]] = {
     "_scaled_dot_product_cudnn_attention_backward": ("bhsd", "attn_bias", TOP_LEFT),
     "_scaled_dot_product_fused_attention_overrideable": ("bhsd", "attn_bias", TOP_LEFT),
     "_scaled_dot_product_fused_attention_overrideable_backward": ("bhsd", "attn_bias", TOP_LEFT),
+    "_scaled_dot_product_attention_math_for_mps": ("bhsd", "attn_mask", TOP_LEFT),
     "_triton_scaled_dot_attention": ("bhsd", None, None),
     "_flash_attention_forward": ("bshd", None, BOTTOM_RIGHT),
     "_flash_attention_forward_no_dropout_inplace": ("bshd", None, BOTTOM_RIGHT),
@@ -270,15 +273,48 @@ _register_kernels()
 # -- whole multi-head attention blocks (nn.MultiheadAttention's inference fast path) -------
 
 
+def multi_head_attention_flops(batch: int, seq: int, embed: int, heads: int, dtype: torch.dtype,
+                               need_weights: bool = False, average_weights: bool = True,
+                               masked: bool = False, bias_added: bool = True) -> int:
+    """nn.MultiheadAttention on (batch, seq, embed), self-attention, batch first, as its slow path
+    (``F.multi_head_attention_forward``, what runs on meta or in training) is counted.
+
+    The slow path transposes its input to (seq, batch, embed). Where that view is not
+    contiguous (``bias_added``), the packed in-projection runs as a product plus a bias add (1
+    per element), else as one ``addmm`` (bias folded, not counted). Attention is the sdpa call,
+    or without sdpa (``need_weights``) the query scaling, two ``bmm``, a softmax (5 per score)
+    and, to average the weights over heads, a mean; the out-projection is an ``addmm``.
+    """
+    tokens, head_dim = batch * seq, embed // heads
+    flops = macs_to_flops(4 * tokens * embed * embed, dtype)  # q, k, v and out projections
+    if bias_added:
+        flops += 3 * tokens * embed  # the in-projection's bias add
+    scores = batch * heads * seq * seq
+    if need_weights:
+        flops += tokens * embed + macs_to_flops(2 * scores * head_dim, dtype) + 5 * scores
+        if average_weights:
+            flops += scores + batch * seq * seq
+    else:
+        call = AttentionCall((Segment(batch, heads, seq, seq),), head_dim, head_dim, dtype)
+        flops += attention_cost(call, scores, backward=False) + (ADDED_MASK * scores if masked else 0)
+    return flops
+
+
 @register_formula([aten._native_multi_head_attention, aten._triton_multi_head_attention])
-def native_multi_head_attention_flop(query, key, value, embed_dim, num_head, qkv_weight, qkv_bias, proj_weight, *args, out=None, **kwargs) -> int:
-    """Q, K, V projections, attention over heads, output projection."""
-    b, s_q, e = query.shape
-    s_k = key.shape[1]
-    projections = b * s_q * e * e + 2 * b * s_k * e * e + b * s_q * e * e
-    head_dim = embed_dim // num_head
-    call = AttentionCall((Segment(b, num_head, s_q, s_k),), head_dim, head_dim, query.dtype)
-    return macs_to_flops(projections, query.dtype) + attention_cost(call, call.scores, backward=False)
+def native_multi_head_attention_flop(query, key, value, embed_dim, num_head, qkv_weight, qkv_bias, proj_weight,
+                                     proj_bias, mask=None, need_weights=True, average_attn_weights=True,
+                                     *args, out=None, **kwargs) -> int:
+    """The fast path, counted as the slow path it replaces (the same program on every device)."""
+    b, s, e = query.shape if query.dim() == 3 else (1, *query.shape)
+    return multi_head_attention_flops(b, s, e, num_head, query.dtype, bool(need_weights),
+                                      bool(average_attn_weights), masked=mask is not None,
+                                      bias_added=transposed_is_strided(query))
+
+
+def transposed_is_strided(x: torch.Tensor) -> bool:
+    """Whether the (seq, batch, embed) view of a batch-first ``x`` is not contiguous (then
+    ``F.linear`` on it adds its bias as an op of its own)."""
+    return x.dim() == 3 and not x.transpose(0, 1).is_contiguous()
 
 
 # -- flex attention (a higher-order op) --------------------------------------------------------

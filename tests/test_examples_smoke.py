@@ -133,3 +133,35 @@ def test_bench_selective_scan_runs_on_cpu():
     out = run("examples/bench_selective_scan.py", "--cpu-repeat", "1")
     assert "naive loop" in out
     assert len([line for line in out.splitlines() if line.rstrip().endswith("x")]) >= 4
+
+
+def test_llm_accounting_small():
+    out = run("examples/llm_accounting.py", "--small")
+    training, decode = out.split("== one decode step")
+    # --small: 2 layers, width 64, 4 heads of 16, SwiGLU 160, vocabulary 256, batch 2 x 32 tokens
+    L, d, H, m, V, T, B = 2, 64, 4, 160, 256, 32, 2
+    Q, tokens = d // H, B * T
+    weights = L * (4 * d * d + 3 * d * m)
+    N = weights + 2 * V * d + (2 * L + 1) * d
+    S, causal = B * L * H * T * T, B * L * H * T * (T + 1) // 2
+
+    def column(text, name, index):
+        row = [c for c in re.split(r"\s{2,}", line_with(text, name).strip()) if c]
+        return int(row[index].replace(",", ""))
+
+    assert column(training, "6 N T", 1) == 6 * N * tokens
+    assert column(training, "PaLM", 1) == (6 * N + 12 * L * H * Q * T) * tokens
+    assert column(training, "Megatron 72", 1) == round(72 * B * T * L * d * d * (1 + T / (6 * d) + V / (12 * L * d)))
+    assert column(training, "weight matmuls", 1) == 6 * tokens * weights    # forward 2, backward 4
+    assert column(training, "lm_head", 1) == 6 * tokens * d * V
+    assert column(training, "embedding", 1) == tokens * d                    # backward: one add per gradient element
+    # attention, dense: Q K^T and P V forward, five products backward, 6 + 5 per score
+    assert column(training, "attention", 1) == 14 * S * Q + 11 * S
+    dense, effective = column(training, "counted, dense", 1), column(training, "counted, effective", 1)
+    assert dense - effective == (14 * Q + 11) * (S - causal)
+    assert "equal: True" in line_with(training, "- recompute")
+    assert column(decode, "weight matmuls", 1) == 2 * weights
+    assert column(decode, "lm_head", 1) == 2 * d * V
+    assert column(decode, "embedding", 1) == 0
+    assert column(decode, "attention", 1) == L * H * (T + 1) * (4 * Q + 6)  # one query, the cache and itself
+    assert column(decode, "total", 2) == 2 * N

@@ -71,6 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="dtype of the inputs (integer inputs are zeros, e.g. token ids)")
     parser.add_argument("--depth", type=int, default=3, help="module depth shown in the table (default 3)")
     parser.add_argument("--convention", choices=tuple(CONVENTIONS), default="flop")
+    parser.add_argument("--attention", choices=("dense", "effective"), default="dense",
+                        help="dense: every (query, key) score; effective: only the pairs the mask keeps")
     parser.add_argument("--device", default="cpu", help="cpu, cuda or meta (meta: no memory, no data)")
     parser.add_argument("--backward", action="store_true", help="also count the backward of output.sum()")
     parser.add_argument("--train", action="store_true", help="count in train mode (default: eval)")
@@ -102,7 +104,7 @@ def count(args: argparse.Namespace) -> FlopMode:
     dtype = _DTYPES[args.input_dtype]
     inputs = [_make_input(shape, dtype, device) for shape in args.input_shape]
     grad = contextlib.nullcontext() if args.backward else torch.no_grad()
-    with FlopMode(model, convention=args.convention) as mode, grad:
+    with FlopMode(model, convention=args.convention, attention=args.attention) as mode, grad:
         try:
             output = model(*inputs)
             if args.backward:

@@ -144,3 +144,92 @@ def test_fast_paths_count_as_their_slow_paths(build, batch, seq, need_weights, n
     assert len(cpu.by_operator()) == 1
     assert list(cpu.by_operator())[0] in ("aten._native_multi_head_attention", "aten._transformer_encoder_layer_fwd")
     assert meta.total() == cpu.total()
+
+
+# -- the sdpa call as one op: what it must not change ----------------------------------------
+
+
+SDPA = "aten.scaled_dot_product_attention"
+SCORES = 2 * 4 * 7 * 7  # q, k, v (2, 4, 7, 8)
+FORWARD = 2 * SCORES * (8 + 8) + 6 * SCORES
+BACKWARD = 2 * SCORES * (3 * 8 + 2 * 8) + 5 * SCORES
+
+
+def sdpa(q):
+    return torch.nn.functional.scaled_dot_product_attention(q, q, q, is_causal=True)
+
+
+def test_outputs_and_gradients_are_bit_identical():
+    q = torch.randn(2, 4, 7, 8, requires_grad=True)
+    for backend in (SDPBackend.FLASH_ATTENTION, SDPBackend.MATH):
+        with sdpa_kernel(backend):
+            plain = sdpa(q)
+            (grad,) = torch.autograd.grad(plain.sum(), q)
+            with FlopMode():
+                counted = sdpa(q)
+                (counted_grad,) = torch.autograd.grad(counted.sum(), q)
+        assert torch.equal(plain, counted) and torch.equal(grad, counted_grad)
+
+
+def test_nested_modes_each_count_the_call_once():
+    q = torch.randn(2, 4, 7, 8, requires_grad=True)
+    with FlopMode() as outer:
+        with FlopMode() as inner:
+            sdpa(q).sum().backward()
+    for fm in (outer, inner):
+        assert fm.by_operator("forward")[SDPA] == FORWARD
+        assert fm.by_operator("backward")[SDPA] == BACKWARD
+
+
+def test_inference_mode_fake_tensors_and_a_backward_after_exit():
+    with torch.inference_mode(), FlopMode() as fm:  # the op reaches the hook whole
+        sdpa(torch.randn(2, 4, 7, 8))
+    assert fm.by_operator() == {SDPA: FORWARD}
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    with FakeTensorMode():
+        q = torch.randn(2, 4, 7, 8, requires_grad=True)
+        with FlopMode() as fm:
+            sdpa(q).sum().backward()
+    assert (fm.by_operator("forward")[SDPA], fm.by_operator("backward")[SDPA]) == (FORWARD, BACKWARD)
+    q = torch.randn(2, 4, 7, 8, requires_grad=True)
+    with FlopMode() as fm:
+        out = sdpa(q)
+    out.sum().backward()  # outside the FlopMode: not counted, and nothing left suspended
+    assert fm.by_operator("backward") == {}
+    with FlopMode() as after:
+        sdpa(q).sum().backward()
+    assert after.by_operator("backward")[SDPA] == BACKWARD
+
+
+def test_the_rules_can_be_replaced_per_counter():
+    from dispatchcount.sdpa import SDPA_BACKWARD
+
+    q = torch.randn(2, 4, 7, 8, requires_grad=True)
+    custom = {torch.ops.aten.scaled_dot_product_attention: lambda *a, out=None, **k: 1,
+              SDPA_BACKWARD: lambda *a, out=None, **k: 2}
+    with FlopMode(formulas=custom) as fm:
+        sdpa(q).sum().backward()
+    assert fm.by_operator("forward")[SDPA] == 1 and fm.by_operator("backward")[SDPA] == 2
+
+
+@pytest.mark.parametrize("device", ["cpu", "meta"])
+@pytest.mark.parametrize("reentrant", [False, True])
+def test_activation_checkpointing_counts_the_recomputed_call(device, reentrant):
+    from torch.utils.checkpoint import checkpoint
+
+    class Block(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.proj = nn.Linear(8, 8, bias=False)
+
+        def forward(self, x):
+            return sdpa(self.proj(x))  # the call is the block's last op
+
+    block = Block().to(device)
+    x = torch.randn(2, 4, 7, 8, device=device, requires_grad=True)
+    with FlopMode(block) as fm:
+        checkpoint(block, x, use_reentrant=reentrant).sum().backward()
+    proj = 2 * 2 * 4 * 7 * 8 * 8
+    assert fm.by_operator("forward") == {"aten.mm": proj, SDPA: FORWARD, "aten.sum": SCORES * 8 // 7}
+    assert fm.by_operator("recompute") == {"aten.mm": proj, SDPA: FORWARD}

@@ -251,6 +251,7 @@ def _dense_formula(op: Any, backward: bool) -> Callable[..., int]:
         call = read(args, kwargs)
         return attention_cost(call, call.scores, backward)
 
+    attention_dense_flops.__qualname__ = f"attention_dense_flops[{op}]"  # what explain() names
     return attention_dense_flops
 
 

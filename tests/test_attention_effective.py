@@ -109,6 +109,10 @@ def test_masks_without_data_are_counted_dense_and_reported():
     assert (forward, backward) == (2 * 16 * FORWARD, 2 * 16 * BACKWARD)
     message = "attention mask without data (meta or fake tensor): its pairs counted dense"
     assert notes == {f"{SDPA}: {message}": 1, f"{SDPA} (backward): {message}": 1}
+    with FlopMode(attention="effective") as fm:
+        F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    assert fm.to_dict()["notes"] == {f"{SDPA}: {message}": 1}
+    assert fm.table().splitlines()[-1] == f"estimated: {SDPA}: {message} (x1)"
     # is_causal needs no data: exact on meta too
     assert sdpa_counts(*qkv(1, 2, 4, 4, device="meta"), is_causal=True) == (2 * 10 * FORWARD, 2 * 10 * BACKWARD, {})
 

@@ -11,7 +11,7 @@ What it shows:
 - the matmul FLOPs equal the by-hand count 2 * tokens * (weights of every Linear and the head),
   and attention (charged as one ``aten.scaled_dot_product_attention`` call on every backend)
   equals its two matmuls, 4 * batch * heads * T^2 * head_dim, plus 8 FLOPs per score (scale and
-  softmax 6, dropout 2); ``attention="effective"`` counts only the causal half of the scores;
+  softmax 6, dropout 2);
 - no op is unsupported.
 """
 

@@ -1,6 +1,7 @@
 """dispatchcount: a FLOP counter for PyTorch that sees every aten op at dispatch."""
 
 from dispatchcount.devices import DeviceSpec, devices
+from dispatchcount.generation import GenerationCount, count_generate
 from dispatchcount.mode import FlopMode, count_flops
 from dispatchcount.problems import FormulaError, UnsupportedOperatorError
 from dispatchcount.records import Counts
@@ -9,6 +10,8 @@ from dispatchcount.registry import Cost, explain, register_formula
 __all__ = [
     "FlopMode",
     "count_flops",
+    "count_generate",
+    "GenerationCount",
     "register_formula",
     "explain",
     "Counts",

@@ -85,6 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="dtype of the inputs (integer inputs are zeros, e.g. token ids)")
     parser.add_argument("--depth", type=int, default=3, help="module depth shown in the table (default 3)")
     parser.add_argument("--convention", choices=tuple(CONVENTIONS), default="flop")
+    parser.add_argument("--attention", choices=("dense", "effective"), default="dense",
+                        help="dense: every (query, key) score; effective: only the pairs the mask keeps")
     parser.add_argument("--device", default="cpu", help="cpu, cuda or meta (meta: no memory, no data)")
     parser.add_argument("--backward", action="store_true", help="also count the backward of output.sum()")
     parser.add_argument("--train", action="store_true", help="count in train mode (default: eval)")
@@ -126,7 +128,8 @@ def count(args: argparse.Namespace) -> FlopMode:
     metrics = args.metrics + (("bytes",) if args.device_spec else ())
     if args.device_spec and args.convention != "flop":
         raise UserError(f"--device-spec needs FLOPs: use --convention flop, not {args.convention!r}")
-    with FlopMode(model, convention=args.convention, metrics=metrics) as mode, grad:
+    with FlopMode(model, convention=args.convention, metrics=metrics,
+                  attention=args.attention) as mode, grad:
         try:
             output = model(*inputs)
             if args.backward:

@@ -11,7 +11,8 @@ dictionaries keyed by ``id(op)`` (an ``OpOverload`` hashes in Python).
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from contextlib import contextmanager
+from typing import Any, Iterator, Optional
 
 import torch
 from torch._subclasses.fake_tensor import FakeTensor
@@ -25,6 +26,7 @@ from dispatchcount.tracker import ModuleTracker
 __all__ = ["CountingDispatch", "as_count"]
 
 _current_node = torch._C._current_autograd_node
+_grad_enabled = torch.is_grad_enabled
 _COMPOSITE_IMPLICIT = torch._C.DispatchKey.CompositeImplicitAutograd
 _Tensor = torch.Tensor
 # The dtypes FLOPs are computed in; a result in any other (bool, integer) with FLOPs > 0 comes
@@ -62,6 +64,44 @@ class CountingDispatch(TorchDispatchMode):
         self.meters = meters
         self.timer = timer
         self.quiet: dict[int, bool] = {}
+        self.suspended = 0  # > 0 while ops run uncounted (subclasses may suspend in their own way)
+        self._swapped: list = []  # what each suspend() replaced
+
+    # -- suspension: ops run uncounted while an enclosing call is charged as one ------------
+
+    def suspend(self, unless_grad: bool = False) -> None:
+        """Run ops uncounted (no FLOPs, no other metric) until the matching :meth:`resume` (nests).
+
+        ``unless_grad``: ops run while grad mode is enabled are still counted (inside a backward
+        node, those are a recomputation, e.g. activation checkpointing's, not the node's own
+        work), and :attr:`suspended` is left alone. The rule lookup and the meters themselves
+        are swapped, so the per-op path carries no test for any of this."""
+        self._swapped.append((self.rules, self.resolve, self.meters, self.timer))
+        if unless_grad:
+            rules, resolve = self.rules, self.resolve
+            self.rules = _ZeroUnlessGrad(rules)
+            self.resolve = lambda func: resolve(func) if _grad_enabled() else ZERO
+            if self.meters:
+                self.meters = _WhileGrad(self.meters)
+            return
+        self.suspended += 1
+        self.rules, self.resolve, self.meters, self.timer = _ALL_ZERO, _zero_rule, (), None
+
+    def resume(self) -> None:
+        """Undo the last :meth:`suspend`."""
+        if self._swapped:
+            if self.rules is _ALL_ZERO:
+                self.suspended -= 1
+            self.rules, self.resolve, self.meters, self.timer = self._swapped.pop()
+
+    @contextmanager
+    def counting_suspended(self) -> Iterator[None]:
+        """Ops dispatched inside run uncounted (the caller charges what they stand for)."""
+        self.suspend()
+        try:
+            yield
+        finally:
+            self.resume()
 
     def rule(self, func: Any) -> Any:
         rule = self.rules.get(id(func))
@@ -163,6 +203,43 @@ class CountingDispatch(TorchDispatchMode):
                 return subgraph(*operands)
         self.problems.no_rule(func)
         return func(*args, **kwargs)
+
+
+class _AllZero(dict):
+    """A rule cache in which every op is ZERO (a suspended hook's)."""
+
+    def get(self, key: Any, default: Any = None) -> Any:
+        return ZERO
+
+
+_ALL_ZERO = _AllZero()
+
+
+class _ZeroUnlessGrad(dict):
+    """A rule cache that answers ZERO while grad mode is off, else the rules it wraps."""
+
+    __slots__ = ("wrapped",)
+
+    def __init__(self, wrapped: Any) -> None:
+        super().__init__()
+        self.wrapped = wrapped
+
+    def get(self, key: Any, default: Any = None) -> Any:
+        return self.wrapped.get(key) if _grad_enabled() else ZERO
+
+
+class _WhileGrad(tuple):
+    """Meters that measure only while grad mode is enabled (see ``suspend(unless_grad=True)``)."""
+
+    def __bool__(self) -> bool:
+        return _grad_enabled() and len(self) > 0
+
+    def __iter__(self) -> Iterator[Any]:
+        return super().__iter__() if _grad_enabled() else iter(())
+
+
+def _zero_rule(func: Any) -> Any:
+    return ZERO
 
 
 def _dtype_of(out: Any, args: tuple) -> Optional[torch.dtype]:

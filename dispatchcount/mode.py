@@ -10,8 +10,8 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, Optional, Un
 
 import torch
 
-from dispatchcount import report, report_html
-from dispatchcount.problems import FormulaError, Problems, UnsupportedOperatorError
+from dispatchcount import report, report_html, sdpa
+from dispatchcount.problems import FormulaError, Notes, Problems, UnsupportedOperatorError
 from dispatchcount.records import RECORDABLE, Counts, Records, op_name, snapshot_rows
 from dispatchcount.registry import Formula, convention as find_convention
 from dispatchcount.tracker import ModuleTracker, module_index
@@ -41,6 +41,10 @@ class FlopMode:
             rules of ``convention`` (None counts the op as 0).
         timer: the :class:`~dispatchcount.meters.OpTimer` measuring ``"time"`` (default:
             ``OpTimer()``, CUDA events on CUDA); giving one implies ``"time"``.
+        attention: ``"dense"`` (every (query, key) score, as FlopCounterMode and fvcore) or
+            ``"effective"`` (only the pairs the mask keeps: causal, sliding windows, packed
+            sequences, boolean/additive masks read from the tensor, flex BlockMasks); what could
+            only be estimated (a mask on the meta device) is listed by :meth:`notes`.
 
     Each ``with`` block starts from zero. Forward FLOPs go to the running module; backward
     FLOPs to the module whose forward created the autograd node being run.
@@ -56,6 +60,7 @@ class FlopMode:
         metrics: tuple[str, ...] = ("flops",),
         formulas: Optional[Mapping[Any, Optional[Formula]]] = None,
         timer: Optional["OpTimer"] = None,
+        attention: str = "dense",
     ) -> None:
         if model is not None and not isinstance(model, torch.nn.Module):
             raise TypeError(f"model must be a torch.nn.Module or None, got {type(model).__name__}")
@@ -71,6 +76,14 @@ class FlopMode:
         self.strict = strict
         self.display = display
         self.metrics = ("flops",) + tuple(dict.fromkeys(m for m in metrics if m != "flops"))
+        if attention not in ("dense", "effective"):
+            raise ValueError(f"attention must be 'dense' or 'effective', got {attention!r}")
+        self.attention = attention
+        self._notes = Notes()
+        if attention == "effective":
+            from dispatchcount.formulas.attention_effective import effective_formulas
+
+            formulas = {**effective_formulas(convention, self._notes), **(formulas or {})}
         table = self._convention.load()
         self._rules = table.overlay(formulas) if formulas else table
         self._records = Records()
@@ -92,15 +105,18 @@ class FlopMode:
             raise RuntimeError("this FlopMode is already active; nest a new FlopMode instead")
         self._records.clear()
         self._problems.clear()
+        self._notes.clear()
         self._snapshot = None
         self._tracker = ModuleTracker(self.model, self._modules)
         self._tracker.start()
         hook_class = self._convention.hook_class()
         self._hook = hook_class(self._rules, self._records, self._tracker, self._problems,
                                 meters=self._meters(), timer=self._timer)
+        sdpa.acquire()
         try:
             self._hook.__enter__()
         except BaseException:
+            sdpa.release()
             self._tracker.stop()
             self._hook = None
             raise
@@ -112,6 +128,8 @@ class FlopMode:
             if hook is not None:
                 hook.__exit__(exc_type, exc, tb)
         finally:
+            if hook is not None:
+                sdpa.release()
             self._tracker.stop()
         if exc_type is None:
             self._warn_uncounted()
@@ -196,6 +214,7 @@ class FlopMode:
             beyond_ops=frozenset(r.operator for r in rows if beyond(r.operator)) if beyond else frozenset(),
             beyond_label=self._convention.beyond_label,
             partial=self._hook is not None,
+            extras={"notes": dict(self._notes.messages)} if self._notes.messages else {},
         )
 
     def _merged_problems(self) -> dict[str, int]:
@@ -259,6 +278,11 @@ class FlopMode:
     def unsupported_ops(self) -> dict[str, int]:
         """{operator: calls} of ops that ran with no rule, or whose formula failed."""
         return dict(self.counts().unsupported)
+
+    def notes(self) -> dict[str, int]:
+        """{what was only estimated: calls}, e.g. an attention mask without data under
+        ``attention="effective"`` (counted dense)."""
+        return dict(self.counts().notes)
 
     def formula_errors(self) -> dict[str, str]:
         """{operator: first error message} of formulas that raised."""

@@ -1,10 +1,11 @@
-"""What could not be counted: ops without a rule and formulas that failed, and strict mode."""
+"""What could not be counted (ops without a rule, formulas that failed, strict mode), and what
+was only estimated (notes)."""
 
 from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["Problems", "UnsupportedOperatorError", "FormulaError"]
+__all__ = ["Problems", "Notes", "UnsupportedOperatorError", "FormulaError"]
 
 
 class UnsupportedOperatorError(RuntimeError):
@@ -47,3 +48,19 @@ class Problems:
             self.errors[func] = [1, f"{prefix}{type(error).__name__}: {error}"]
         else:
             entry[0] += 1
+
+
+class Notes:
+    """What a counting run could only estimate, {message: calls} (e.g. an attention mask on the
+    meta device, counted dense under ``attention="effective"``)."""
+
+    __slots__ = ("messages",)
+
+    def __init__(self) -> None:
+        self.messages: dict[str, int] = {}
+
+    def add(self, message: str) -> None:
+        self.messages[message] = self.messages.get(message, 0) + 1
+
+    def clear(self) -> None:
+        self.messages.clear()

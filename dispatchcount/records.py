@@ -249,6 +249,11 @@ class Counts:
         """{operator: FLOPs} counted here that the convention's reference tool leaves out."""
         return {op: v for op, v in self.by_operator(phase).items() if op in self.beyond_ops}
 
+    @property
+    def notes(self) -> Mapping[str, int]:
+        """{what was only estimated: calls} (e.g. attention masks without data)."""
+        return self.extras.get("notes", {})
+
     def sections(self) -> list[Optional[str]]:
         return list(dict.fromkeys(row.section for row in self.rows))
 

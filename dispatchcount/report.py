@@ -14,7 +14,7 @@ from dispatchcount.records import Counts
 if TYPE_CHECKING:
     from dispatchcount.roofline import Roofline
 
-__all__ = ["human", "human_seconds", "table", "roofline_table", "to_dict"]
+__all__ = ["human", "human_seconds", "table", "tabulate", "roofline_table", "to_dict"]
 
 
 def human(number: float) -> str:
@@ -38,7 +38,8 @@ def _depth(name: str) -> int:
     return 0 if name == "" else name.count(".") + 1
 
 
-def _tabulate(rows: list, header: list) -> str:
+def tabulate(rows: list, header: list) -> str:
+    """``rows`` under ``header`` as text: the first column left-aligned, the others right."""
     import tabulate
 
     colalign = ("left",) + ("right",) * (len(header) - 1)
@@ -52,6 +53,26 @@ def _tabulate(rows: list, header: list) -> str:
         tabulate.PRESERVE_WHITESPACE = preserve
 
 
+MAX_SECTION_COLUMNS = 8
+
+
+def _by_section_and_module(counts: Counts, sections: list) -> dict:
+    """{section: {module: FLOPs, forward and backward}}, inclusive of children, in one pass."""
+    result: dict = {section: {} for section in sections}
+    for row in counts.rows:
+        per_module = result.get(row.section)
+        if per_module is None:
+            continue
+        value = row.values[0]
+        for name in row.names:
+            per_module[name] = per_module.get(name, 0) + value
+    return result
+
+
+def _section_label(section) -> str:
+    return "(no section)" if section is None else str(section)
+
+
 def _modules(counts: Counts, depth: int) -> Iterator[tuple[str, str]]:
     """(name, indented label) of each module up to ``depth``, in the model's order."""
     for name in counts.modules:
@@ -63,7 +84,10 @@ def _modules(counts: Counts, depth: int) -> Iterator[tuple[str, str]]:
 def table(counts: Counts, depth: int = 3, estimate: Optional["Roofline"] = None) -> str:
     """Module tree (up to ``depth``) with parameters, forward, backward, total and share; with
     bytes or time recorded their totals; with a roofline ``estimate`` (of these counts),
-    intensity, estimated time and bound."""
+    intensity, estimated time and bound.
+
+    When sections were used (``fm.section(label)``) each gets a column (forward and backward),
+    or, beyond :data:`MAX_SECTION_COLUMNS` labels, a table of its own below the modules'."""
     forward = counts.by_module("forward")
     backward = counts.by_module("backward")
     recompute = counts.by_module("recompute")
@@ -71,12 +95,18 @@ def table(counts: Counts, depth: int = 3, estimate: Optional["Roofline"] = None)
     has_backward = any(backward.values())
     has_recompute = any(recompute.values())
     params = counts.params
+    sections = [s for s in counts.sections() if s is not None]
+    if sections and None in counts.sections():
+        sections.append(None)  # what ran outside any section, last
+    section_columns = sections if len(sections) <= MAX_SECTION_COLUMNS else []
+    per_section = _by_section_and_module(counts, section_columns)
 
     header = ["module", "#params", "forward"]
     if has_backward:
         header += ["backward", "total"]
     if has_recompute:
         header.insert(4, "(recompute)")
+    header += [_section_label(s) for s in section_columns]
     header.append("%")
     extra = _extra_columns(counts, estimate)
     header += [title for title, _ in extra]
@@ -89,10 +119,13 @@ def table(counts: Counts, depth: int = 3, estimate: Optional["Roofline"] = None)
             row += [human(backward.get(name, 0)), human(module_total)]
         if has_recompute:
             row.insert(4, human(recompute.get(name, 0)))
+        row += [human(per_section[s].get(name, 0)) for s in section_columns]
         row.append(f"{100 * module_total / grand_total:.1f}%" if grand_total else "-")
         row += [cell(name) for _, cell in extra]
         rows.append(row)
-    text = f"convention: {counts.convention}\n" + _tabulate(rows, header)
+    text = f"convention: {counts.convention}\n" + tabulate(rows, header)
+    if sections and not section_columns:
+        text += "\n\n" + _section_table(counts)
     if estimate is not None:
         text += f"\nroofline: {_device_line(estimate)}"
     beyond = counts.beyond()
@@ -102,7 +135,21 @@ def table(counts: Counts, depth: int = 3, estimate: Optional["Roofline"] = None)
         text += "\nnot counted (no rule or failing formula): " + ", ".join(
             f"{op} x{calls}" for op, calls in counts.unsupported.items()
         )
+    for note, calls in counts.notes.items():
+        text += f"\nestimated: {note} (x{calls})"
     return text
+
+
+def _section_table(counts: Counts) -> str:
+    forward, backward = counts.by_section("forward"), counts.by_section("backward")
+    total = counts.total()
+    rows = []
+    labels = [s for s in counts.sections() if s is not None]
+    for section in labels + ([None] if None in counts.sections() else []):
+        value = forward.get(section, 0) + backward.get(section, 0)
+        rows.append([_section_label(section), human(forward.get(section, 0)), human(backward.get(section, 0)),
+                     human(value), f"{100 * value / total:.1f}%" if total else "-"])
+    return tabulate(rows, ["section", "forward", "backward", "total", "%"])
 
 
 def _extra_columns(counts: Counts, estimate: Optional["Roofline"]) -> list:
@@ -152,7 +199,7 @@ def roofline_table(estimate: "Roofline", depth: int = 3) -> str:
             m = measured.get(name, 0.0)
             row += [human_seconds(m), f"{100 * seconds.get(name, 0.0) / m:.0f}%" if m else "-"]
         rows.append(row)
-    return f"roofline: {_device_line(estimate)}\n" + _tabulate(rows, header)
+    return f"roofline: {_device_line(estimate)}\n" + tabulate(rows, header)
 
 
 def to_dict(counts: Counts, estimate: Optional["Roofline"] = None) -> dict[str, Any]:
@@ -189,6 +236,7 @@ def to_dict(counts: Counts, estimate: Optional["Roofline"] = None) -> dict[str, 
         "unsupported_ops": dict(counts.unsupported),
         "formula_errors": dict(counts.errors),
         "uncalled_modules": sorted(counts.uncalled),
+        "notes": dict(counts.notes),
         "metrics": list(counts.metrics),
     }
     modules = result["modules"]

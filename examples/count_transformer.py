@@ -9,7 +9,9 @@ What it shows:
 - the weight-tied output head (``F.linear(x, self.tok_emb.weight)``) is charged to the module
   that ran it (the root), not to the embedding that owns the weight;
 - the matmul FLOPs equal the by-hand count 2 * tokens * (weights of every Linear and the head),
-  and attention's two matmuls equal 4 * batch * heads * T^2 * head_dim;
+  and attention (charged as one ``aten.scaled_dot_product_attention`` call on every backend)
+  equals its two matmuls, 4 * batch * heads * T^2 * head_dim, plus 8 FLOPs per score (scale and
+  softmax 6, dropout 2);
 - no op is unsupported.
 """
 
@@ -92,11 +94,13 @@ class GPT(nn.Module):
 
 def matmul_flops_by_hand(cfg: GPTConfig, batch: int, T: int) -> tuple[int, int]:
     """Forward (linear, attention) FLOPs, one multiply-add = 2: every Linear (and the tied head)
-    costs 2 * tokens * in * out; attention's two matmuls (q k^T, then p v) 2 * 2 * B * h * T^2 * hd."""
+    costs 2 * tokens * in * out; attention's two matmuls (q k^T, then p v) 2 * 2 * B * h * T^2 * hd,
+    and 8 per score: the scale, the softmax (6) and dropout (2, in training)."""
     tokens, d, hidden = batch * T, cfg.dim, cfg.mlp_ratio * cfg.dim
     per_layer = d * 3 * d + d * d + d * hidden + hidden * d
     linear = 2 * tokens * (cfg.layers * per_layer + d * cfg.vocab)
-    attention = cfg.layers * 4 * batch * cfg.heads * T * T * (d // cfg.heads)
+    scores = cfg.layers * batch * cfg.heads * T * T
+    attention = 4 * scores * (d // cfg.heads) + 8 * scores
     return linear, attention
 
 
@@ -131,8 +135,9 @@ def main() -> None:
     forward_ops = fm.by_operator(phase="forward")
     matmul_ops = ("aten.mm", "aten.addmm")  # what Linear and F.linear dispatch to
     counted_linear = sum(forward_ops.get(op, 0) for op in matmul_ops)
-    # With dropout in training, CPU attention runs its math path: bmm, softmax, dropout, bmm.
-    counted_attention = sum(v for op, v in forward_ops.items() if "attention" in op or op == "aten.bmm")
+    # With dropout in training, CPU attention runs its math path (bmm, softmax, dropout, bmm):
+    # the call is charged as one all the same.
+    counted_attention = forward_ops["aten.scaled_dot_product_attention"]
     print("\n== checks (convention='flop', forward) ==")
     print(f"linear + tied head matmuls: counted {counted_linear:,}, by hand {linear:,}")
     print(f"causal attention:           counted {counted_attention:,}, by hand {attention:,}")

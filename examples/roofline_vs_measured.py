@@ -111,15 +111,18 @@ def build(name: str, s: dict[str, int], device: torch.device, dtype: torch.dtype
 
 
 def forward_products(name: str, s: dict[str, int]) -> int:
-    """Forward FLOPs of the products (matmul, convolution, attention), by hand."""
+    """Forward FLOPs of the products (matmul, convolution, attention), by hand. Attention is
+    one op: QK^T and PV, and 6 FLOPs per score for the scaling and the softmax
+    (docs/conventions.md, scaled_dot_product_attention)."""
     if name == "llama":
         tokens, d = s["batch"] * s["seq"], s["dim"]
         projections = 4 * 2 * tokens * d * d + 3 * 2 * tokens * d * s["hidden"]
-        return projections + 4 * s["batch"] * s["seq"] ** 2 * d  # QK^T and PV, causal counted dense
+        scores = s["batch"] * s["heads"] * s["seq"] ** 2  # causal counted dense
+        return projections + 4 * s["batch"] * s["seq"] ** 2 * d + 6 * scores
     patches = (s["image"] // s["patch"]) ** 2
     n, d, b = patches + 1, s["dim"], s["batch"]
     embed = 2 * b * patches * 3 * s["patch"] ** 2 * d
-    block = 2 * b * n * d * (3 * d + d + 2 * s["mlp"]) + 4 * b * n * n * d
+    block = 2 * b * n * d * (3 * d + d + 2 * s["mlp"]) + 4 * b * n * n * d + 6 * b * s["heads"] * n * n
     return embed + s["depth"] * block + 2 * b * d * s["classes"]
 
 

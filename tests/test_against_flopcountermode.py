@@ -117,30 +117,76 @@ def test_matmul_family_forward_and_backward_equal_fcm():
     assert_same_as_fcm(lambda: model(x).backward(), model)
 
 
-@pytest.mark.parametrize("backend", [SDPBackend.MATH, SDPBackend.FLASH_ATTENTION])
-def test_scaled_dot_product_attention_equals_fcm(backend):
+SDPA = "aten.scaled_dot_product_attention"
+
+
+def test_scaled_dot_product_attention_products_equal_fcm():
+    # AttentionNet: batch 2, 4 query heads (2 kv heads repeated), 7 tokens, head dim 8. The call
+    # is charged as one op; its products are FlopCounterMode's fused-kernel numbers, plus 6 per
+    # score forward (scale, softmax) and 5 backward (their gradients).
     model = AttentionNet()
     x = torch.randn(2, 7, 32, requires_grad=True)
 
     def run():
-        with sdpa_kernel(backend):
+        model(x).sum().backward()
+
+    reference, _ = fcm_counts(run, custom_mapping=CPU_ATTENTION)
+    mode = ours(run, model)
+    scores = 2 * 4 * 7 * 7
+    fcm_forward = reference["aten._scaled_dot_product_flash_attention_for_cpu"]
+    fcm_backward = reference["aten._scaled_dot_product_flash_attention_for_cpu_backward"]
+    assert fcm_forward == 2 * scores * (8 + 8)
+    assert mode.by_operator("forward")[SDPA] == fcm_forward + 6 * scores
+    assert mode.by_operator("backward")[SDPA] == fcm_backward + 5 * scores
+    mine = mode.by_operator()
+    for op, flops in reference.items():  # everything else, op by op
+        if "attention" not in op:
+            assert mine.get(op, 0) == flops, op
+
+
+@pytest.mark.parametrize("backend", [SDPBackend.MATH, SDPBackend.FLASH_ATTENTION])
+def test_scaled_dot_product_attention_is_one_rule_on_every_backend(backend):
+    model = AttentionNet()
+    x = torch.randn(2, 7, 32, requires_grad=True)
+
+    def run(chosen):
+        model.zero_grad(set_to_none=True)  # each run starts without .grad to accumulate into
+        x.grad = None
+        with sdpa_kernel(chosen):
             model(x).sum().backward()
 
-    # On CPU the fused path runs _scaled_dot_product_flash_attention_for_cpu, which
-    # FlopCounterMode has no entry for: it is given its own sdpa formulas for that op.
-    assert_same_as_fcm(run, model, custom_mapping=CPU_ATTENTION)
+    mode = ours(lambda: run(backend), model)
+    fused = ours(lambda: run(SDPBackend.FLASH_ATTENTION), model)
+    assert mode.by_operator("forward") == fused.by_operator("forward")
+    assert mode.by_operator("backward") == fused.by_operator("backward")
+    # FlopCounterMode counts what each backend dispatches: the math path's backward has four
+    # products (nothing recomputed), the fused kernel's five; dispatchcount counts five on both.
+    reference, _ = fcm_counts(lambda: run(backend), custom_mapping=CPU_ATTENTION)
+    scores, recompute = 2 * 4 * 7 * 7, 2 * 2 * 4 * 7 * 7 * 8
+    fcm_attention = sum(n for op, n in reference.items() if "attention" in op or op == "aten.bmm")
+    expected = fused.by_operator()[SDPA] - (6 + 5) * scores
+    assert fcm_attention == (expected - recompute if backend == SDPBackend.MATH else expected)
 
 
 def test_attention_counts_by_hand():
-    # q, k, v: (b=2, h=4, s=7, d=8). Forward: QK^T and PV, 2*b*h*s*s*d each.
+    # q, k, v: (b=2, h=4, s=7, d=8). Forward: QK^T and PV, 2*b*h*s*s*d each, and 6 per score.
     q, k, v = (torch.randn(2, 4, 7, 8, requires_grad=True) for _ in range(3))
     with FlopMode() as mode:
         F.scaled_dot_product_attention(q, k, v).sum().backward()
-    per_product = 2 * 2 * 4 * 7 * 7 * 8
-    ops = mode.by_operator()
-    assert ops["aten._scaled_dot_product_flash_attention_for_cpu"] == 2 * per_product
-    # Backward: recompute QK^T, dP = dO V^T, dV = P^T dO, dQ = dS K, dK = dS^T Q.
-    assert ops["aten._scaled_dot_product_flash_attention_for_cpu_backward"] == 5 * per_product
+    scores = 2 * 4 * 7 * 7
+    per_product = 2 * scores * 8
+    ops = mode.by_operator("forward")
+    assert ops[SDPA] == 2 * per_product + 6 * scores
+    # Backward: recompute QK^T, dP = dO V^T, dV = P^T dO, dQ = dS K, dK = dS^T Q; 5 per score.
+    assert mode.by_operator("backward")[SDPA] == 5 * per_product + 5 * scores
+
+
+def test_fused_kernels_called_directly_follow_the_same_rule():
+    q, k, v = (torch.randn(2, 4, 7, 8) for _ in range(3))
+    with FlopMode() as mode:
+        torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k, v)
+    scores = 2 * 4 * 7 * 7
+    assert mode.by_operator() == {"aten._scaled_dot_product_flash_attention_for_cpu": 2 * scores * 16 + 6 * scores}
 
 
 def test_grouped_convolution_weight_gradient_divides_by_groups():
@@ -168,9 +214,10 @@ def test_flex_attention_formulas_equal_fcm():
 
     q, k, v = (torch.empty(2, 4, 16, 8, device="meta") for _ in range(3))
     forward, backward = resolve(flex_attention), resolve(flex_attention_backward)
-    by_hand = 2 * 2 * 4 * 16 * 16 * 8
-    assert forward(q, k, v, None, None) == 2 * by_hand
-    assert backward(q, k, v, q, q, q, None) == 5 * by_hand
+    scores = 2 * 4 * 16 * 16
+    by_hand = 2 * scores * 8
+    assert forward(q, k, v, None, None) == 2 * by_hand + 6 * scores
+    assert backward(q, k, v, q, q, q, None) == 5 * by_hand + 5 * scores
     fcm = flop_counter.flop_registry
     assert fcm[flex_attention](q, k, v) == 2 * by_hand
     assert fcm[flex_attention_backward](q, k, v, q, q, q, None) == 5 * by_hand

@@ -108,3 +108,10 @@ def test_bad_metrics_and_device_spec(capsys):
     code, _, err = run_in_process(capsys, "examples.llama:llama_tiny", "--input-shape", "1,8", "--device-spec",
                                   "h100-sxm", "--convention", "fvcore")
     assert code == 1 and "--device-spec needs FLOPs" in err
+def test_attention_effective_on_meta():
+    # llama_tiny, 16 tokens: 2 layers x 4 heads of dim 8, 38 FLOPs per score (2 x (8 + 8) + 6)
+    args = ["examples.llama:llama_tiny", "--input-shape", "1,16", "--input-dtype", "int64", "--device", "meta", "--json"]
+    effective = json.loads(run(*args, "--attention", "effective").stdout)
+    # causal: 136 of the 16 x 16 pairs per head (dense would be 2 * 4 * 256 * 38)
+    assert effective["by_operator"]["aten.scaled_dot_product_attention"] == 2 * 4 * 136 * 38
+    assert effective["notes"] == {}

@@ -86,7 +86,8 @@ def test_count_transformer():
     # GPTConfig defaults: vocab 512, context 64, dim 128, heads 4, layers 2, MLP x4; batch 2.
     B, T, d, h, layers, vocab, hidden = 2, 64, 128, 4, 2, 512, 512
     linear = 2 * B * T * (layers * (3 * d * d + d * d + 2 * d * hidden) + d * vocab)
-    attention = layers * 4 * B * h * T * T * (d // h)
+    scores = layers * B * h * T * T
+    attention = 4 * scores * (d // h) + 8 * scores  # QK^T, PV; scale and softmax 6, dropout 2
     assert ints(line_with(out, "linear + tied head matmuls:")) == [linear, linear]
     assert ints(line_with(out, "causal attention:")) == [attention, attention]
     head = ints(line_with(out, "tied head F.linear"))
@@ -140,13 +141,14 @@ def test_roofline_vs_measured_cpu_path_at_tiny_sizes():
     out = run("examples/roofline_vs_measured.py", "--tiny", "--device", "cpu", "--repeats", "1", "--warmup", "1")
     llama, vit = out.split("=== vit-b/16")
     # Llama block: batch 2, seq 16, d 64, 4 heads, MLP 128. q, k, v, o and the three MLP
-    # products, then QK^T and PV over all 16 x 16 pairs (causal is counted dense).
+    # products, then QK^T and PV over all 16 x 16 pairs (causal is counted dense), and the
+    # attention's scaling and softmax, 6 per score (one op, docs/conventions.md).
     tokens, d, hidden = 2 * 16, 64, 128
-    products = 4 * 2 * tokens * d * d + 3 * 2 * tokens * d * hidden + 4 * 2 * 16 * 16 * d
+    products = 4 * 2 * tokens * d * d + 3 * 2 * tokens * d * hidden + 4 * 2 * 16 * 16 * d + 6 * 2 * 4 * 16 * 16
     assert ints(line_with(llama, "forward products"))[0] == products
     # ViT: 32x32 images in 16x16 patches: 4 patches + the class token; d 64, MLP 128, 2 blocks, 10 classes.
-    b, patches, n, d, mlp = 2, 4, 5, 64, 128
-    block = 2 * b * n * d * (3 * d + d + 2 * mlp) + 4 * b * n * n * d
+    b, patches, n, d, mlp, heads = 2, 4, 5, 64, 128, 2
+    block = 2 * b * n * d * (3 * d + d + 2 * mlp) + 4 * b * n * n * d + 6 * b * heads * n * n
     products = 2 * b * patches * 3 * 16 * 16 * d + 2 * block + 2 * b * d * 10
     assert ints(line_with(vit, "forward products"))[0] == products
     for part in (llama, vit):
@@ -154,3 +156,33 @@ def test_roofline_vs_measured_cpu_path_at_tiny_sizes():
             assert header in part
         assert line_with(part, "MFU") and line_with(part, "plain step:")
         assert "unsupported ops: none" in part
+def test_llm_accounting_small():
+    out = run("examples/llm_accounting.py", "--small")
+    training, decode = out.split("== one decode step")
+    # --small: 2 layers, width 64, 4 heads of 16, SwiGLU 160, vocabulary 256, batch 2 x 32 tokens
+    L, d, H, m, V, T, B = 2, 64, 4, 160, 256, 32, 2
+    Q, tokens = d // H, B * T
+    weights = L * (4 * d * d + 3 * d * m)
+    N = weights + 2 * V * d + (2 * L + 1) * d
+    S, causal = B * L * H * T * T, B * L * H * T * (T + 1) // 2
+
+    def column(text, name, index):
+        row = [c for c in re.split(r"\s{2,}", line_with(text, name).strip()) if c]
+        return int(row[index].replace(",", ""))
+
+    assert column(training, "6 N T", 1) == 6 * N * tokens
+    assert column(training, "PaLM", 1) == (6 * N + 12 * L * H * Q * T) * tokens
+    assert column(training, "Megatron 72", 1) == round(72 * B * T * L * d * d * (1 + T / (6 * d) + V / (12 * L * d)))
+    assert column(training, "weight matmuls", 1) == 6 * tokens * weights    # forward 2, backward 4
+    assert column(training, "lm_head", 1) == 6 * tokens * d * V
+    assert column(training, "embedding", 1) == tokens * d                    # backward: one add per gradient element
+    # attention, dense: Q K^T and P V forward, five products backward, 6 + 5 per score
+    assert column(training, "attention", 1) == 14 * S * Q + 11 * S
+    dense, effective = column(training, "counted, dense", 1), column(training, "counted, effective", 1)
+    assert dense - effective == (14 * Q + 11) * (S - causal)
+    assert "equal: True" in line_with(training, "- recompute")
+    assert column(decode, "weight matmuls", 1) == 2 * weights
+    assert column(decode, "lm_head", 1) == 2 * d * V
+    assert column(decode, "embedding", 1) == 0
+    assert column(decode, "attention", 1) == L * H * (T + 1) * (4 * Q + 6)  # one query, the cache and itself
+    assert column(decode, "total", 2) == 2 * N

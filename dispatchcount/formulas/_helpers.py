@@ -12,6 +12,8 @@ from typing import Any, Callable, Optional, Sequence
 
 import torch
 from torch._ops import OpOverload
+from torch._subclasses.fake_tensor import FakeTensor
+from torch._subclasses.functional_tensor import FunctionalTensor
 
 from dispatchcount.registry import Cost, register_resolver
 
@@ -35,7 +37,9 @@ __all__ = [
     "prod",
     "first_tensor",
     "first_tensor_list",
+    "grouped_mm_macs",
     "has_arg",
+    "has_data",
     "out_argument_names",
     "register_family",
     "without_out_arguments",
@@ -121,6 +125,11 @@ def result_tensor(out: Any) -> Optional[Tensor]:
             if isinstance(o, Tensor):
                 return o
     return None
+
+
+def has_data(t: Tensor) -> bool:
+    """Whether ``t`` holds values a formula may read (not meta, fake or functional)."""
+    return t.device.type != "meta" and not isinstance(t, (FakeTensor, FunctionalTensor))
 
 
 def first_tensor(args: tuple) -> Optional[Tensor]:
@@ -267,6 +276,16 @@ def conv_macs(x_shape: Sequence[int], w_shape: Sequence[int], out_shape: Sequenc
     """
     spatial = x_shape[2:] if transposed else out_shape[2:]
     return x_shape[0] * prod(spatial) * prod(w_shape)
+
+
+def grouped_mm_macs(a: Sequence[int], b: Sequence[int], out: Sequence[int]) -> int:
+    """Multiply-adds of ``_grouped_mm(a, b, offs)`` (MoE experts): ``out.numel() * K`` for every
+    layout but 2-D x 2-D with offsets, where the groups split K (the weight gradient of a
+    2-D x 3-D product): out (G, M, N) then sums M N K_total products."""
+    k = a[-1]
+    if len(a) == 2 and len(b) == 2 and len(out) == 3:
+        return prod(out[1:]) * k
+    return prod(out) * k
 
 
 def attention_macs(q: Sequence[int], k: Sequence[int], v: Sequence[int]) -> int:

@@ -16,9 +16,16 @@ import torch
 from torch._ops import OpOverload
 
 from dispatchcount.formulas import matmul
-from dispatchcount.formulas._helpers import (Tensor, dtype_factor, fixed, macs_to_flops, register_family,
-    result_tensor)
-from dispatchcount.formulas.attention import attention_flops
+from dispatchcount.formulas._helpers import (
+    Tensor,
+    dtype_factor,
+    fixed,
+    grouped_mm_macs,
+    macs_to_flops,
+    register_family,
+    result_tensor,
+)
+from dispatchcount.formulas.attention import multi_head_attention_flops, transposed_is_strided
 from dispatchcount.formulas.norm import normalize_forward_cost
 from dispatchcount.registry import register_formula
 
@@ -85,15 +92,9 @@ def _contracted(result: Tensor, k: int) -> int:
 
 
 def _grouped_mm(self, mat2, *args, out=None, **kwargs):
-    # 2-D x 2-D with offsets splits K into groups: out (G, M, N) sums M N K_total products;
-    # every other layout does out.numel() * K.
+    # MoE experts: tokens (M_total, K) x weights (G, K, N) by offsets, and the other layouts
     result = result_tensor(out)
-    k = self.shape[-1]
-    if self.dim() == 2 and mat2.dim() == 2 and result.dim() == 3:
-        macs = (result.numel() // result.shape[0]) * k
-    else:
-        macs = result.numel() * k
-    return _float_macs(macs, self, mat2, result)
+    return _float_macs(grouped_mm_macs(self.shape, mat2.shape, result.shape), self, mat2, result)
 
 
 def _weight_quantized_mm(self, mat2, *args, out=None, **kwargs):
@@ -132,31 +133,32 @@ def _cslt_sparse_mm(compressed_a, dense_b, *args, out=None, **kwargs):
     return _float_macs(_contracted(result, k) // 2, dense_b)
 
 
-def transformer_encoder_layer_flops(tokens: int, d: int, heads: int, seq: int, ffn: int,
-                                    use_gelu: bool, batch: int) -> int:
-    """PyTorch's fused encoder layer: QKV and output projections, attention as attention.py
-    counts it (two products, softmax not counted), FFN, two layer norms, the activation, the
-    bias adds and the two residual adds."""
-    head_dim = d // heads if heads else d
-    shape = (batch, heads, seq, head_dim)
-    flops = 2 * tokens * d * 3 * d + 3 * tokens * d            # QKV projection and its bias
-    flops += attention_flops(shape, shape, shape)
-    flops += 2 * tokens * d * d + tokens * d                   # output projection and bias
-    flops += 2 * tokens * d * ffn + tokens * ffn                # FFN in and bias
+def transformer_encoder_layer_flops(batch: int, seq: int, d: int, heads: int, ffn: int, use_gelu: bool,
+                                    dtype: torch.dtype = torch.float32, masked: bool = False,
+                                    bias_added: bool = True) -> int:
+    """PyTorch's fused encoder layer, counted as its slow path (what runs on meta or in
+    training): self-attention as nn.MultiheadAttention's slow path (``bias_added``: see
+    ``multi_head_attention_flops``), the feed-forward products (``addmm``, biases folded), the
+    activation, two residual adds and two layer norms."""
+    tokens = batch * seq
+    flops = multi_head_attention_flops(batch, seq, d, heads, dtype, masked=masked, bias_added=bias_added)
+    flops += macs_to_flops(2 * tokens * d * ffn, dtype)       # FFN in and out
     flops += tokens * ffn * (5 if use_gelu else 1)             # gelu / relu
-    flops += 2 * tokens * ffn * d + tokens * d                  # FFN out and bias
     flops += 2 * normalize_forward_cost(tokens * d, tokens, True, True)
-    flops += 2 * tokens * d                                     # residual adds
+    flops += 2 * tokens * d                                    # residual adds
     return flops
 
 
 def _transformer_encoder_layer_fwd(src, embed_dim, num_heads, qkv_weight, qkv_bias, proj_weight,
                                    proj_bias, use_gelu, *args, out=None, **kwargs):
+    norm_first = args[0] if args else kwargs.get("norm_first", False)
     ffn_weight_1 = args[6] if len(args) > 6 else kwargs["ffn_weight_1"]
-    ffn = ffn_weight_1.shape[0]
+    mask = args[10] if len(args) > 10 else kwargs.get("mask")
     batch, seq = (src.shape[0], src.shape[1]) if src.dim() == 3 else (1, src.shape[0])
-    tokens = src.numel() // embed_dim
-    flops = transformer_encoder_layer_flops(tokens, embed_dim, num_heads, seq, ffn, use_gelu, batch)
+    # the attention's input: src itself, or (norm_first) a fresh contiguous layer-norm output
+    bias_added = batch > 1 and seq > 1 if norm_first else transposed_is_strided(src)
+    flops = transformer_encoder_layer_flops(batch, seq, embed_dim, num_heads, ffn_weight_1.shape[0], use_gelu,
+                                            src.dtype, masked=mask is not None, bias_added=bias_added)
     return dtype_factor(4, src) * flops
 
 
@@ -164,10 +166,6 @@ def _transform_bias_rescale_qkv(qkv, qkv_bias, num_heads, *args, out=None, **kwa
     # Add the bias to q, k and v, then scale q by 1/sqrt(head_dim): 4/3 FLOPs per element.
     n = qkv.numel()
     return dtype_factor(4, qkv) * (n + n // 3)
-
-
-def _sdpa_math(query, key, value, *args, out=None, **kwargs):
-    return attention_flops(query.shape, key.shape, value.shape)
 
 
 FAMILY: dict[str, Callable[[OpOverload], Any]] = {
@@ -192,7 +190,6 @@ FAMILY: dict[str, Callable[[OpOverload], Any]] = {
     "_cslt_sparse_mm": fixed(_cslt_sparse_mm),
     "_transformer_encoder_layer_fwd": fixed(_transformer_encoder_layer_fwd),
     "_transform_bias_rescale_qkv": fixed(_transform_bias_rescale_qkv),
-    "_scaled_dot_product_attention_math_for_mps": fixed(_sdpa_math),
 }
 
 register_family(FAMILY)

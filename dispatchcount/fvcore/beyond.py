@@ -30,7 +30,7 @@ from typing import Any, Sequence
 import torch
 
 from dispatchcount.formulas._helpers import argument as _arg
-from dispatchcount.formulas._helpers import attention_backward_macs, attention_macs, conv_macs, prod
+from dispatchcount.formulas._helpers import attention_backward_macs, attention_macs, conv_macs, grouped_mm_macs, prod
 from dispatchcount.formulas._helpers import result_tensor
 from dispatchcount.registry import register_formula, resolve
 
@@ -89,11 +89,7 @@ def _linear_backward(x, grad_out, weight, mask, *args, out=None, **kwargs) -> in
 
 
 def _grouped_mm(a, b, *args, out=None, **kwargs) -> int:
-    # 2-D x 2-D with offsets splits the contraction into groups: out (G, M, N) adds up M N K.
-    result = result_tensor(out)
-    if a.dim() == 2 and b.dim() == 2 and result.dim() == 3:
-        return result.numel() // result.shape[0] * a.shape[-1]
-    return result.numel() * a.shape[-1]
+    return grouped_mm_macs(a.shape, b.shape, result_tensor(out).shape)
 
 
 def _dyn_quant_matmul_4bit(x, packed_weights, block_size, in_features, out_features, *args, out=None, **kwargs) -> int:

@@ -9,8 +9,9 @@ larger ``bmm`` (fvcore charges ``prod(a.shape) * b.shape[-1]``), ``AdaptiveAvgPo
 (fvcore charges it as a training norm).
 
 :class:`FvcoreFunctionMode` is a ``TorchFunctionMode`` that, for those Python functions only (and
-for convolutions with string padding and ``scaled_dot_product_attention``, which fvcore sees as
-nodes it has no handle for), turns the call into the aten composite op it stands for, charges
+for convolutions with string padding, which fvcore sees as a node it has no handle for;
+``scaled_dot_product_attention`` is one call on every backend for every convention, see
+``dispatchcount.sdpa``), turns the call into the aten composite op it stands for, charges
 that op's ``convention="fvcore"`` rule once, and runs the call unchanged with the counting of
 what it dispatches suspended. Every other call passes straight through; outputs are the very
 tensors the call returns.
@@ -157,11 +158,6 @@ def _conv(args, kwargs) -> Call:
     return aten._convolution_mode.default, (x, w, b, stride, padding, dilation, groups)
 
 
-def _sdpa(args, kwargs) -> Call:
-    q, k, v = bind(args, kwargs, ("query", "key", "value"), {})
-    return (aten.scaled_dot_product_attention.default, (q, k, v)) if _tensors(q, k, v) else None
-
-
 def _rnn(packet: Any, data_if_tensor_at: int):
     """A recurrent layer call: the ``data`` overload (packed sequence) when argument
     ``data_if_tensor_at`` is a tensor (``batch_sizes`` for LSTM, ``hx`` for GRU/RNN)."""
@@ -207,7 +203,6 @@ _CALLS: dict[Callable, Callable[[tuple, dict], Call]] = {
     torch.conv1d: _conv,
     torch.conv2d: _conv,
     torch.conv3d: _conv,
-    F.scaled_dot_product_attention: _sdpa,
 }
 
 
@@ -289,7 +284,6 @@ class FvcoreDispatch(CountingDispatch):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.suspended = 0
         self.as_attention = 0
         self.functions = FvcoreFunctionMode(self)
         self._entered = 0
@@ -349,10 +343,6 @@ class FvcoreDispatch(CountingDispatch):
             self._popped = False
 
     # -- counting ------------------------------------------------------------------------
-
-    def counting_suspended(self) -> Iterator[None]:
-        """While entered, dispatched ops run uncounted (a composite op was charged for them)."""
-        return self._raised("suspended")
 
     def products_as_attention(self) -> Iterator[None]:
         """While entered, ``bmm`` is charged as the math path of scaled_dot_product_attention."""

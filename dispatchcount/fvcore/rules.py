@@ -47,6 +47,7 @@ from dispatchcount.fvcore import beyond
 from dispatchcount.fvcore.einsum import fvcore_einsum_macs
 from dispatchcount.records import op_name
 from dispatchcount.registry import ZERO, register_formula, register_resolver
+from dispatchcount.sdpa import SDPA_BACKWARD
 
 __all__ = ["BEYOND_FVCORE", "FVCORE_OP_NAMES", "fvcore_name", "is_beyond_fvcore", "is_uncounted", "uncounted"]
 
@@ -353,6 +354,10 @@ def _sdpa(q, k, v, *args, out=None, **kwargs) -> int:
 @register_formula(_SDPA_BACKWARD, FVCORE)
 def _sdpa_backward(grad_out, q, k, v, *args, out=None, **kwargs) -> int:
     return attention_backward_macs(q.shape, k.shape, v.shape)
+
+
+# the backward of one F.scaled_dot_product_attention call, on every backend (dispatchcount.sdpa)
+register_formula(SDPA_BACKWARD, FVCORE)(_sdpa_backward)
 
 
 def _blhe(shape) -> tuple:

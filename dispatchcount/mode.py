@@ -107,7 +107,8 @@ class FlopMode:
         self._problems.clear()
         self._notes.clear()
         self._snapshot = None
-        self._tracker = ModuleTracker(self.model, self._modules)
+        if self._tracker.calls or self._tracker.params:  # a fresh one for every with block
+            self._tracker = ModuleTracker(self.model, self._modules)
         self._tracker.start()
         hook_class = self._convention.hook_class()
         self._hook = hook_class(self._rules, self._records, self._tracker, self._problems,

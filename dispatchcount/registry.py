@@ -273,9 +273,15 @@ class Convention:
         return _load(self.beyond) if self.beyond else None
 
 
+_loaded: dict[str, Any] = {}
+
+
 def _load(target: str) -> Any:
-    module, _, attr = target.partition(":")
-    return getattr(importlib.import_module(module), attr)
+    found = _loaded.get(target)
+    if found is None:
+        module, _, attr = target.partition(":")
+        found = _loaded[target] = getattr(importlib.import_module(module), attr)
+    return found
 
 
 CONVENTIONS: dict[str, Convention] = {

@@ -1,5 +1,6 @@
 """dispatchcount: a FLOP counter for PyTorch that sees every aten op at dispatch."""
 
+from dispatchcount import distributed
 from dispatchcount.mode import FlopMode, count_flops
 from dispatchcount.problems import FormulaError, UnsupportedOperatorError
 from dispatchcount.records import Counts
@@ -13,4 +14,5 @@ __all__ = [
     "Counts",
     "UnsupportedOperatorError",
     "FormulaError",
+    "distributed",
 ]

@@ -11,6 +11,7 @@ from typing import Any, Callable, Iterator, Mapping, Optional
 import torch
 
 from dispatchcount import report, report_html
+from dispatchcount.dispatch import leave
 from dispatchcount.problems import FormulaError, Problems, UnsupportedOperatorError
 from dispatchcount.records import RECORDABLE, Counts, Records, op_name, snapshot_rows
 from dispatchcount.registry import Formula, convention as find_convention
@@ -94,7 +95,7 @@ class FlopMode:
         hook, self._hook = self._hook, None
         try:
             if hook is not None:
-                hook.__exit__(exc_type, exc, tb)
+                leave(hook, exc_type, exc, tb)  # never leaves the hook installed
         finally:
             self._tracker.stop()
         if exc_type is None:

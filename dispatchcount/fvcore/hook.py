@@ -37,12 +37,14 @@ from typing import Any, Callable, Iterator, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
+import torch.utils._pytree as pytree
 from torch import nn
 from torch._ops import OpOverload
 from torch.nn.modules.module import register_module_forward_hook, register_module_forward_pre_hook
 from torch.overrides import TorchFunctionMode
 
 from dispatchcount.dispatch import CountingDispatch
+from dispatchcount.subclasses import subclass_runs
 from dispatchcount.formulas._helpers import bind
 
 __all__ = ["FvcoreDispatch", "FvcoreFunctionMode"]
@@ -167,6 +169,11 @@ _CALLS: dict[Callable, Callable[[tuple, dict], Call]] = {
 }
 
 
+def _on_subclass(values: Any) -> bool:
+    types = {type(t) for t in pytree.tree_leaves(values) if isinstance(t, torch.Tensor) and type(t) is not torch.Tensor}
+    return bool(types) and subclass_runs(tuple(types))
+
+
 class FvcoreFunctionMode(TorchFunctionMode):
     """Charges fvcore's composite ops once per Python call (see the module docstring)."""
 
@@ -184,6 +191,8 @@ class FvcoreFunctionMode(TorchFunctionMode):
         if call is None:
             return func(*args, **kwargs)
         op, op_args = call
+        if _on_subclass(op_args):  # DTensor, NestedTensor ...: counted at dispatch, on the tensors they hold
+            return func(*args, **kwargs)
         rule = self._counter.composite_rule(op)
         if rule is None:
             return func(*args, **kwargs)

@@ -2,7 +2,8 @@
 
 Joins a 2-rank gloo group on 127.0.0.1:PORT, counts every scenario under FlopMode (strict on
 rank 0 only) and writes what it measured to OUTDIR/rank{RANK}.json. The test derives the
-expected numbers by hand; this file only measures.
+expected numbers by hand; this file only measures (importing it does nothing else: the test
+shares its model).
 """
 
 from __future__ import annotations
@@ -17,23 +18,18 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 from torch import nn
+from torch.distributed.fsdp import fully_shard
+from torch.distributed.tensor import DeviceMesh, Replicate, Shard, distribute_tensor
+from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel, parallelize_module
+from torch.nn.parallel import DistributedDataParallel
 
-RANK, PORT, OUTDIR = int(sys.argv[1]), sys.argv[2], Path(sys.argv[3])
+import dispatchcount
+from dispatchcount import FlopMode, report
+
 WORLD = 2
 BATCH, DIM, HIDDEN = 4, 16, 32
-os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=PORT)
-# A collective that waits for a rank that is gone fails in 60 s (the test kills us sooner).
-dist.init_process_group("gloo", rank=RANK, world_size=WORLD, timeout=datetime.timedelta(seconds=60))
-
-from torch.distributed.fsdp import fully_shard  # noqa: E402
-from torch.distributed.tensor import DeviceMesh, Replicate, Shard, distribute_tensor  # noqa: E402
-from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel, parallelize_module  # noqa: E402
-from torch.nn.parallel import DistributedDataParallel  # noqa: E402
-
-import dispatchcount  # noqa: E402
-from dispatchcount import FlopMode, report  # noqa: E402
-
-STRICT = RANK == 0  # strict on one rank only: it must neither raise nor leave the other blocked
+RANK = 0
+STRICT = True  # strict on rank 0 only: it must neither raise nor leave the other rank blocked
 
 
 class MLP(nn.Module):
@@ -158,6 +154,12 @@ def uneven() -> dict:
 
 
 def main() -> None:
+    global RANK, STRICT
+    RANK, port, outdir = int(sys.argv[1]), sys.argv[2], Path(sys.argv[3])
+    STRICT = RANK == 0
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=port)
+    # A collective that waits for a rank that is gone fails in 60 s (the test kills us sooner).
+    dist.init_process_group("gloo", rank=RANK, world_size=WORLD, timeout=datetime.timedelta(seconds=60))
     warnings.simplefilter("ignore")  # PyTorch's own warnings about gloo, FSDP on CPU ...
     mesh = DeviceMesh("cpu", list(range(WORLD)))
     results = {
@@ -167,7 +169,7 @@ def main() -> None:
         "tp": tensor_parallel(mesh),
         "uneven": uneven(),
     }
-    (OUTDIR / f"rank{RANK}.json").write_text(json.dumps(results))
+    (outdir / f"rank{RANK}.json").write_text(json.dumps(results))
     dist.barrier()
     dist.destroy_process_group()
 

@@ -32,9 +32,13 @@ from dispatchcount.registry import Transfer, explain, resolve
 if not (torch.distributed.is_available() and torch.distributed.is_gloo_available()):
     pytest.skip("this torch build has no torch.distributed with the gloo backend", allow_module_level=True)
 
-WORKER = Path(__file__).with_name("distributed_ranks.py")
+import distributed_ranks  # noqa: E402  (the ranks' program; importing it starts nothing)
+from distributed_ranks import MLP  # noqa: E402
+
+WORKER = Path(distributed_ranks.__file__)
 DEADLINE_S = 150  # both ranks, hard: killed past it (a run takes ~10 s on 2 idle cores)
-W, N, D, H = 2, 4, 16, 32  # ranks; rows per rank; the MLP's Linear(D, H), ReLU, Linear(H, D)
+# ranks; rows per rank; the MLP's Linear(D, H), ReLU, Linear(H, D)
+W, N, D, H = distributed_ranks.WORLD, distributed_ranks.BATCH, distributed_ranks.DIM, distributed_ranks.HIDDEN
 P = D * H + H + H * D + D  # parameters: 1072
 F32 = 4  # bytes
 
@@ -52,16 +56,6 @@ def mlp_step(n: int) -> Counter:
         "aten.threshold_backward": n * H,
         "aten.sum": n * D + n * D + n * H,
     })
-
-
-class MLP(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.up = nn.Linear(D, H)
-        self.down = nn.Linear(H, D)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down(torch.relu(self.up(x)))
 
 
 def summed(ranks: list[dict], *path: str) -> Counter:

@@ -24,6 +24,7 @@ Two things the subclass machinery runs are no part of the program and are not co
 from __future__ import annotations
 
 import functools
+import sys
 import threading
 import warnings
 from typing import Any, Optional
@@ -58,7 +59,8 @@ def subclass_runs(types: Any) -> bool:
 def _counted_here(t: type) -> bool:
     if getattr(t, "_mode_key", None) is not None:
         return True
-    if t.__module__.startswith("torch.distributed.tensor"):
+    dtensor = sys.modules.get("torch.distributed.tensor")  # imported wherever a DTensor exists
+    if dtensor is not None and issubclass(t, dtensor.DTensor):
         watch_dtensor_propagation()  # before DTensor first propagates an op under a counter
     return False
 

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, Optional, Un
 import torch
 
 from dispatchcount import report, report_html, sdpa
+from dispatchcount.dispatch import leave
 from dispatchcount.problems import FormulaError, Notes, Problems, UnsupportedOperatorError
 from dispatchcount.records import RECORDABLE, Counts, Records, op_name, snapshot_rows
 from dispatchcount.registry import Formula, convention as find_convention
@@ -127,7 +128,7 @@ class FlopMode:
         hook, self._hook = self._hook, None
         try:
             if hook is not None:
-                hook.__exit__(exc_type, exc, tb)
+                leave(hook, exc_type, exc, tb)  # never leaves the hook installed
         finally:
             if hook is not None:
                 sdpa.release()

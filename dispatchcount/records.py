@@ -25,6 +25,7 @@ __all__ = [
     "BYTES_READ",
     "BYTES_WRITTEN",
     "SECONDS",
+    "COMM_BYTES",
     "PHASES",
     "FORWARD",
     "BACKWARD",
@@ -37,8 +38,8 @@ __all__ = [
     "dtype_name",
 ]
 
-SLOTS = ("flops", "calls", "bytes_read", "bytes_written", "seconds")
-FLOPS, CALLS, BYTES_READ, BYTES_WRITTEN, SECONDS = range(len(SLOTS))
+SLOTS = ("flops", "calls", "bytes_read", "bytes_written", "seconds", "comm_bytes")
+FLOPS, CALLS, BYTES_READ, BYTES_WRITTEN, SECONDS, COMM_BYTES = range(len(SLOTS))
 
 PHASES = ("forward", "backward", "recompute")
 FORWARD, BACKWARD, RECOMPUTE = PHASES
@@ -50,7 +51,8 @@ _SELECTED = {
     RECOMPUTE: frozenset({RECOMPUTE}),
 }
 
-# Metric name -> the slots it sums. "flops" and "calls" are always recorded.
+# Metric name -> the slots it sums. "flops", "calls" and "comm_bytes" (the bytes this rank hands
+# to collectives, docs/conventions.md "Distributed and tensor subclasses") are always recorded.
 METRICS: dict[str, tuple[int, ...]] = {
     "flops": (FLOPS,),
     "calls": (CALLS,),
@@ -58,9 +60,10 @@ METRICS: dict[str, tuple[int, ...]] = {
     "bytes_read": (BYTES_READ,),
     "bytes_written": (BYTES_WRITTEN,),
     "seconds": (SECONDS,),
+    "comm_bytes": (COMM_BYTES,),
 }
 # The metrics a FlopMode may be asked to record -> the metric names they make available.
-RECORDABLE = {"flops": ("flops", "calls"), "bytes": ("bytes", "bytes_read", "bytes_written"), "time": ("seconds",)}
+RECORDABLE = {"flops": ("flops", "calls", "comm_bytes"), "bytes": ("bytes", "bytes_read", "bytes_written"), "time": ("seconds",)}
 
 _op_names: dict[Any, str] = {}
 

@@ -39,6 +39,7 @@ __all__ = [
     "DECOMPOSE",
     "UNSUPPORTED",
     "HIGHER_ORDER",
+    "Transfer",
     "Formula",
     "Cost",
     "convention",
@@ -91,6 +92,19 @@ UNSUPPORTED = _Marker("UNSUPPORTED")
 HIGHER_ORDER = _Marker("HIGHER_ORDER")
 
 _COMPOSITE_IMPLICIT = torch._C.DispatchKey.CompositeImplicitAutograd
+
+
+class Transfer:
+    """What a communication formula returns: 0 FLOPs, and ``nbytes`` this rank hands to a
+    collective (recorded in the ``comm_bytes`` metric)."""
+
+    __slots__ = ("nbytes",)
+
+    def __init__(self, nbytes: int) -> None:
+        self.nbytes = nbytes
+
+    def __repr__(self) -> str:
+        return f"Transfer({self.nbytes})"
 
 
 @dataclass(frozen=True)

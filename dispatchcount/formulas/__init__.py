@@ -7,6 +7,7 @@ which the families are asked about an op none of them names explicitly.
 
 from dispatchcount.formulas import (  # noqa: F401  # noqa: F401
     attention,
+    communication,
     conv,
     fft,
     indexing,

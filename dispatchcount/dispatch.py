@@ -17,8 +17,9 @@ import torch
 from torch._subclasses.fake_tensor import FakeTensor
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from dispatchcount.formula_result import IntegerWork, as_count
 from dispatchcount.problems import Problems
-from dispatchcount.records import BACKWARD, FORWARD, RECOMPUTE, Records
+from dispatchcount.records import BACKWARD, FORWARD, INT_OPS, RECOMPUTE, Records
 from dispatchcount.registry import DECOMPOSE, HIGHER_ORDER, UNSUPPORTED, ZERO
 from dispatchcount.tracker import ModuleTracker
 
@@ -98,6 +99,8 @@ class CountingDispatch(TorchDispatchMode):
                 else:
                     flops = rule(*args, out=out, **kwargs)
                 if type(flops) is not int:
+                    if type(flops) is IntegerWork:
+                        return self.charge_integer_work(func, flops, args, kwargs, out)
                     flops = as_count(flops)
             except Exception as error:
                 self.problems.formula_failed(func, error)
@@ -121,6 +124,21 @@ class CountingDispatch(TorchDispatchMode):
         slots[1] += 1
         for meter in self.meters:
             meter(slots, func, args, kwargs, out)
+
+    def charge_integer_work(self, func: Any, work: IntegerWork, args: tuple, kwargs: dict, out: Any) -> None:
+        """Charge an op whose products ran in integer arithmetic: its FLOPs as any op's, its
+        integer operations into the ``int_ops`` slot of the same record (a meter for one call)."""
+        flops, int_ops = as_count(work.flops), as_count(work.int_ops)
+
+        def add_int_ops(slots: list, *_: Any) -> None:
+            slots[INT_OPS] += int_ops
+
+        meters = self.meters
+        self.meters = (add_int_ops,) + meters
+        try:
+            self.charge(func, lambda *_, **__: flops, args, kwargs, out)
+        finally:
+            self.meters = meters
 
     def run_higher_order(self, func: Any, args: tuple, kwargs: dict) -> Any:
         """Run a higher-order op's body under this mode, so that the ops inside are counted."""
@@ -154,11 +172,3 @@ def _dtype_of(out: Any, args: tuple) -> Optional[torch.dtype]:
 def _has_data(t: torch.Tensor) -> bool:
     return t.device.type != "meta" and not isinstance(t, FakeTensor)
 
-
-def as_count(flops: Any) -> int:
-    """A formula's result as an int; a TypeError for anything that is not a count."""
-    if isinstance(flops, torch.SymInt):
-        flops = int(flops)
-    if not isinstance(flops, (int, float)) or isinstance(flops, bool) or flops < 0 or flops != flops:
-        raise TypeError(f"a FLOP formula must return a non-negative number, got {flops!r}")
-    return int(flops)

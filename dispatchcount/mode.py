@@ -11,6 +11,7 @@ from typing import Any, Callable, Iterator, Mapping, Optional
 import torch
 
 from dispatchcount import report, report_html
+from dispatchcount.compile_stance import force_eager, unchanged
 from dispatchcount.problems import FormulaError, Problems, UnsupportedOperatorError
 from dispatchcount.records import RECORDABLE, Counts, Records, op_name, snapshot_rows
 from dispatchcount.registry import Formula, convention as find_convention
@@ -69,6 +70,7 @@ class FlopMode:
         self._tracker = ModuleTracker(model, self._modules)
         self._hook: Any = None
         self._snapshot: Optional[Counts] = None
+        self._restore_stance: Callable[[], None] = unchanged
 
     # -- context ---------------------------------------------------------------------------
 
@@ -82,11 +84,13 @@ class FlopMode:
         self._tracker.start()
         hook_class = self._convention.hook_class()
         self._hook = hook_class(self._rules, self._records, self._tracker, self._problems)
+        self._restore_stance = force_eager()  # torch.compile'd code runs eagerly, and is counted
         try:
             self._hook.__enter__()
         except BaseException:
             self._tracker.stop()
             self._hook = None
+            self._restore_stance()
             raise
         return self
 
@@ -97,6 +101,8 @@ class FlopMode:
                 hook.__exit__(exc_type, exc, tb)
         finally:
             self._tracker.stop()
+            restore, self._restore_stance = self._restore_stance, unchanged
+            restore()
         if exc_type is None:
             self._warn_uncounted()
             if self.display:
@@ -209,9 +215,10 @@ class FlopMode:
         """{module: {operator: FLOPs}}, inclusive of children unless ``inclusive=False``."""
         return self.counts().by_module_and_operator(phase, inclusive, metric)
 
-    def by_dtype(self, phase: Optional[str] = None) -> dict[str, int]:
-        """{dtype: FLOPs}, by the dtype each op computed in ("float32", "bfloat16" ...)."""
-        return self.counts().by_dtype(phase)
+    def by_dtype(self, phase: Optional[str] = None, *, metric: str = "flops") -> dict[str, int]:
+        """{dtype: FLOPs}, by the dtype each op computed in ("float32", "bfloat16" ...);
+        ``metric="int_ops"``: the integer operations of quantized kernels ("quint8" ...)."""
+        return self.counts().by_dtype(phase, metric)
 
     def by_section(self, phase: Optional[str] = None, *, metric: str = "flops") -> dict[Optional[str], int]:
         """{section label: FLOPs} (see :meth:`section`); None holds what ran outside any section."""

@@ -13,6 +13,7 @@ from typing import Any, Callable, Optional, Sequence
 import torch
 from torch._ops import OpOverload
 
+from dispatchcount.formula_result import size_hint
 from dispatchcount.registry import register_resolver
 
 __all__ = [
@@ -40,6 +41,7 @@ __all__ = [
     "without_out_arguments",
     "result_tensor",
     "schema_arguments",
+    "size_hint",
 ]
 
 Tensor = torch.Tensor

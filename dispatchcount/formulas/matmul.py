@@ -1,6 +1,8 @@
 """Matrix products: one multiply-add per (m, n, k) triple, 2 FLOPs (FlopCounterMode's rule).
 
-The additive terms of ``addmm``/``baddbmm``/``addmv`` (``beta * self``) are not counted, as
+A sparse operand (a layout other than strided: COO, CSR, CSC, BSR, BSC) is charged by its
+stored values (``sparse.sparse_product_flops``), as ``torch.sparse.mm`` is; the layout is read
+once per call. The additive terms of ``addmm``/``baddbmm``/``addmv`` (``beta * self``) are not counted, as
 FlopCounterMode does not count them; bias is folded into the accumulation on every backend.
 ``matmul``, ``linear``, ``einsum`` and ``tensordot`` are CompositeImplicit: they reach the
 counter as the products below.
@@ -10,27 +12,43 @@ from __future__ import annotations
 
 import torch
 
+from dispatchcount.formula_result import IntegerWork
 from dispatchcount.formulas._helpers import macs_to_flops
+from dispatchcount.formulas.sparse import sparse_product_flops
 from dispatchcount.registry import register_formula
 
 aten = torch.ops.aten
+_STRIDED = torch.strided
 
 
-@register_formula([aten.mm, aten._int_mm])
+@register_formula(aten.mm)
 def mm_flop(a, b, *args, out=None, **kwargs) -> int:
+    if a.layout is not _STRIDED or b.layout is not _STRIDED:
+        return sparse_product_flops(a, b)
     m, k = a.shape
     n = b.shape[-1]
     return macs_to_flops(m * n * k, a.dtype)
 
 
+@register_formula(aten._int_mm)
+def int_mm_flop(a, b, *args, out=None, **kwargs) -> IntegerWork:
+    # int8 x int8 -> int32: integer multiply-adds, not FLOPs (recorded as int_ops).
+    m, k = a.shape
+    return IntegerWork(0, 2 * m * b.shape[-1] * k)
+
+
 @register_formula([aten.addmm, aten._addmm_activation])
 def addmm_flop(bias, a, b, *args, out=None, **kwargs) -> int:
+    if a.layout is not _STRIDED or b.layout is not _STRIDED:
+        return sparse_product_flops(a, b)
     m, k = a.shape  # as mm_flop, written out: addmm runs for every nn.Linear
     return macs_to_flops(m * b.shape[-1] * k, a.dtype)
 
 
 @register_formula(aten.bmm)
 def bmm_flop(a, b, *args, out=None, **kwargs) -> int:
+    if a.layout is not _STRIDED or b.layout is not _STRIDED:
+        return sparse_product_flops(a, b)
     batch, m, k = a.shape
     n = b.shape[-1]
     return macs_to_flops(batch * m * n * k, a.dtype)
@@ -51,6 +69,8 @@ def scaled_mm_flop(a, b, *args, out=None, **kwargs) -> int:
 
 @register_formula(aten.mv)
 def mv_flop(a, x, *args, out=None, **kwargs) -> int:
+    if a.layout is not _STRIDED:
+        return sparse_product_flops(a, x)
     m, k = a.shape
     return macs_to_flops(m * k, a.dtype)
 

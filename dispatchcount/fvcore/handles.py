@@ -17,6 +17,7 @@ from typing import Any, Callable, Optional
 import torch
 from torch._ops import OpOverload
 
+from dispatchcount.formula_result import as_count
 from dispatchcount.formulas._helpers import schema_arguments
 
 __all__ = ["JitValue", "handle_formula", "ops_named"]
@@ -145,5 +146,6 @@ def handle_formula(op: OpOverload, adapt: Optional[Callable[[list], list]], hand
     return formula
 
 
-def _as_number(count: Any) -> Any:
-    return sum(count.values()) if isinstance(count, Counter) else count
+def _as_number(count: Any) -> int:
+    # fvcore handles may return a Counter by op name; the total must be a count (as_count).
+    return as_count(sum(count.values()) if isinstance(count, Counter) else count)

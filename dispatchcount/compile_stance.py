@@ -21,9 +21,16 @@ compiled, and no frame can be marked.
 from __future__ import annotations
 
 import sys
+import threading
 from typing import Callable
 
 __all__ = ["force_eager", "unchanged"]
+
+# The stance is one per process while FlopModes are per thread: it is set while any FlopMode
+# is active and restored when the last one exits, in whatever order threads exit.
+_lock = threading.Lock()
+_active = 0
+_restore: Callable[[], None]
 
 
 def unchanged() -> None:
@@ -31,10 +38,10 @@ def unchanged() -> None:
     return None
 
 
-def force_eager() -> Callable[[], None]:
-    """Set torch.compile's ``"force_eager"`` stance; returns the function that restores the
-    previous stance. Inside a region torch.compile is running, the stance cannot change (and
-    Dynamo's own tracing decides): nothing is done."""
+_restore = unchanged
+
+
+def _set_force_eager() -> Callable[[], None]:
     if "torch._dynamo" not in sys.modules:
         return unchanged
     import torch
@@ -44,3 +51,24 @@ def force_eager() -> Callable[[], None]:
     except RuntimeError:  # "attempted to set_stance in a torch.compile region"
         return unchanged
     return lambda: stance.__exit__(None, None, None)
+
+
+def force_eager() -> Callable[[], None]:
+    """Hold torch.compile's ``"force_eager"`` stance; returns the function that releases it
+    (the previous stance comes back when the last holder releases). Inside a region
+    torch.compile is running the stance cannot change (Dynamo's own tracing decides there)."""
+    global _active, _restore
+    with _lock:
+        if _restore is unchanged:
+            _restore = _set_force_eager()
+        _active += 1
+    return _release
+
+
+def _release() -> None:
+    global _active, _restore
+    with _lock:
+        _active -= 1
+        if _active == 0:
+            restore, _restore = _restore, unchanged
+            restore()

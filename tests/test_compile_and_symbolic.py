@@ -1,5 +1,7 @@
 """torch.compile before, inside and after a FlopMode block; symbolic shapes without guards."""
 
+import threading
+
 import torch
 from torch._dynamo.testing import CompileCounter
 from torch._subclasses.fake_tensor import FakeTensorMode
@@ -114,3 +116,26 @@ def test_symbolic_sizes_in_non_polynomial_formulas_add_no_guard():
     # Windows of 8 -> 3: [0, 3), [2, 6), [5, 8): 10 reads per dim; one divide per output.
     assert fm.by_operator()["aten._adaptive_avg_pool2d"] == 2 * 3 * 10 * 10 + 2 * 3 * 3 * 3
     assert fm.formula_errors() == {}
+
+
+def test_the_stance_comes_back_when_the_last_flopmode_exits_in_any_order():
+    # FlopModes on two threads exit in the order they entered (not nested): the stance is
+    # force_eager while either is active, and default once both are done.
+    first, second = FlopMode(), FlopMode()
+    first.__enter__()
+    done = threading.Event()
+    entered = threading.Event()
+
+    def other_thread():
+        with second:
+            entered.set()
+            done.wait(10)
+
+    worker = threading.Thread(target=other_thread)
+    worker.start()
+    entered.wait(10)
+    first.__exit__(None, None, None)
+    assert torch._dynamo.eval_frame._stance.stance == "force_eager"
+    done.set()
+    worker.join(10)
+    assert torch._dynamo.eval_frame._stance.stance == "default"

@@ -22,6 +22,7 @@ tested), which keeps the check off the per-op path.
 from __future__ import annotations
 
 import math
+import operator
 from typing import Any, Callable
 
 import torch
@@ -57,15 +58,16 @@ def size_hint(value: Any) -> Any:
 
 
 def as_count(flops: Any) -> int:
-    """A formula's result as a non-negative int; a TypeError for anything that is not a count."""
+    """A formula's result as a non-negative int; a TypeError for anything that is not a count.
+
+    Integers of other types (``numpy.int64`` from ``np.prod``, as fvcore's handles use) and
+    integral floats are accepted."""
     flops = size_hint(flops)
-    if type(flops) is int:
-        if flops < 0:
-            raise TypeError(f"a FLOP formula must return a non-negative integer, got {flops}")
-        return flops
-    if isinstance(flops, float) and math.isfinite(flops) and flops >= 0 and flops.is_integer():
-        return int(flops)
-    if isinstance(flops, int) and not isinstance(flops, bool) and flops >= 0:  # int subclasses
+    if type(flops) is int or (not isinstance(flops, (bool, float, torch.Tensor)) and hasattr(flops, "__index__")):
+        value = operator.index(flops)
+        if value >= 0:
+            return value
+    elif isinstance(flops, float) and math.isfinite(flops) and flops >= 0 and flops.is_integer():
         return int(flops)
     raise TypeError(f"a FLOP formula must return a non-negative integer, got {flops!r}")
 

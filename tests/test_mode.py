@@ -54,6 +54,21 @@ def _(x, *, out=None):
     raise ZeroDivisionError("deliberately broken formula")
 
 
+@torch.library.custom_op("dctest::negative", mutates_args=())
+def negative(x: torch.Tensor) -> torch.Tensor:
+    return x.clone()
+
+
+@negative.register_fake
+def _(x):
+    return torch.empty_like(x)
+
+
+@register_formula(torch.ops.dctest.negative.default)
+def _(x, *, out=None):
+    return -x.numel()  # a broken formula: a negative count
+
+
 class Mlp(nn.Module):
     def __init__(self):
         super().__init__()
@@ -292,3 +307,11 @@ def test_an_integral_float_result_is_that_count():
     with FlopMode(formulas=formulas) as mode:
         torch.randn(3).sin()
     assert mode.total() == 12 and type(mode.total()) is int
+
+
+def test_a_registered_formula_returning_a_negative_int_is_a_formula_error():
+    with pytest.warns(UserWarning, match="dctest.negative"):
+        with FlopMode() as mode:
+            torch.ops.dctest.negative(torch.randn(5))
+    assert mode.total() == 0
+    assert mode.formula_errors() == {"dctest.negative": "TypeError: a FLOP formula must return a non-negative integer, got -5"}

@@ -2,8 +2,8 @@
 
 A sparse operand (a layout other than strided: COO, CSR, CSC, BSR, BSC) is charged by its
 stored values (``sparse.sparse_product_flops``), as ``torch.sparse.mm`` is; the layout is read
-once per call. The additive terms of ``addmm``/``baddbmm``/``addmv`` (``beta * self``) are not counted, as
-FlopCounterMode does not count them; bias is folded into the accumulation on every backend.
+once per call. The additive terms of ``addmm``/``baddbmm``/``addmv`` (``beta * self``) are
+not counted, as FlopCounterMode does not count them; bias is folded into the accumulation on every backend.
 ``matmul``, ``linear``, ``einsum`` and ``tensordot`` are CompositeImplicit: they reach the
 counter as the products below.
 """
@@ -19,6 +19,9 @@ from dispatchcount.registry import register_formula
 
 aten = torch.ops.aten
 _STRIDED = torch.strided
+# macs_to_flops's factor for every dtype, looked up once: mm and addmm run for every product,
+# and the lookup pays for the layout test above it.
+_FLOPS_PER_MAC = {d: macs_to_flops(1, d) for d in vars(torch).values() if isinstance(d, torch.dtype)}
 
 
 @register_formula(aten.mm)
@@ -26,8 +29,7 @@ def mm_flop(a, b, *args, out=None, **kwargs) -> int:
     if a.layout is not _STRIDED or b.layout is not _STRIDED:
         return sparse_product_flops(a, b)
     m, k = a.shape
-    n = b.shape[-1]
-    return macs_to_flops(m * n * k, a.dtype)
+    return _FLOPS_PER_MAC[a.dtype] * m * b.shape[-1] * k
 
 
 @register_formula(aten._int_mm)
@@ -42,7 +44,7 @@ def addmm_flop(bias, a, b, *args, out=None, **kwargs) -> int:
     if a.layout is not _STRIDED or b.layout is not _STRIDED:
         return sparse_product_flops(a, b)
     m, k = a.shape  # as mm_flop, written out: addmm runs for every nn.Linear
-    return macs_to_flops(m * b.shape[-1] * k, a.dtype)
+    return _FLOPS_PER_MAC[a.dtype] * m * b.shape[-1] * k
 
 
 @register_formula(aten.bmm)

@@ -2,6 +2,11 @@
 
 Builds the model with ``factory()``, runs it on random inputs of the given shapes under FlopMode
 and prints the table (or, with --json, the full report).
+
+Every mistake of the user (in the command line, in what it points to, in the inputs it asks
+for, an input larger than the memory included) is one line on stderr, ``dispatchcount: error:
+...``, and a non-zero exit: 2 for the command line itself (argparse's convention), 1 for the
+rest. ``--traceback`` shows the full traceback of the latter.
 """
 
 from __future__ import annotations
@@ -13,7 +18,8 @@ import json
 import sys
 import traceback
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence
+from math import prod
+from typing import Any, Callable, NoReturn, Optional, Sequence
 
 import torch
 
@@ -31,6 +37,29 @@ _DTYPES = {
 
 class UserError(Exception):
     """A mistake in the command line or in what it points to: one line, no traceback."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with its errors on one line (no usage block): ``dispatchcount: error: ...``."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"dispatchcount: error: {message} (see --help)\n")
+
+
+def _one_line(error: BaseException) -> str:
+    """An exception as ``Type: first line of its message`` (PyTorch appends C++ context lines)."""
+    lines = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {lines[0].strip()}" if lines else type(error).__name__
+
+
+def non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}")
+    return value
 
 
 def parse_shape(text: str) -> tuple[int, ...]:
@@ -63,6 +92,8 @@ def load_factory(target: str) -> Callable[[], Any]:
         module = importlib.import_module(module_name)
     except ImportError as error:
         raise UserError(f"cannot import module {module_name!r}: {error}") from error
+    except Exception as error:  # the module itself is broken (SyntaxError, an error at import)
+        raise UserError(f"importing module {module_name!r} raised {_one_line(error)}") from error
     factory: Any = module
     for part in attr.split("."):
         if not hasattr(factory, part):
@@ -74,7 +105,7 @@ def load_factory(target: str) -> Callable[[], Any]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="python -m dispatchcount",
         description="Count the FLOPs of a PyTorch model, per module and operator, at dispatch level.",
     )
@@ -83,7 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="shape of one model input; repeat for several inputs")
     parser.add_argument("--input-dtype", choices=sorted(_DTYPES), default="float32",
                         help="dtype of the inputs (integer inputs are zeros, e.g. token ids)")
-    parser.add_argument("--depth", type=int, default=3, help="module depth shown in the table (default 3)")
+    parser.add_argument("--depth", type=non_negative_int, default=3, help="module depth shown in the table (default 3)")
     parser.add_argument("--convention", choices=tuple(CONVENTIONS), default="flop")
     parser.add_argument("--attention", choices=("dense", "effective"), default="dense",
                         help="dense: every (query, key) score; effective: only the pairs the mask keeps")
@@ -103,9 +134,61 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _make_input(shape: Sequence[int], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    if dtype.is_floating_point:
-        return torch.randn(shape, dtype=dtype, device=device)
-    return torch.zeros(shape, dtype=dtype, device=device)
+    """A random (floating point) or zero (integer) input; a UserError if it cannot be allocated."""
+    try:
+        if dtype.is_floating_point:
+            return torch.randn(shape, dtype=dtype, device=device)
+        return torch.zeros(shape, dtype=dtype, device=device)
+    except (RuntimeError, MemoryError) as error:  # torch.OutOfMemoryError is a RuntimeError
+        raise UserError(
+            f"--input-shape {','.join(map(str, shape))}: cannot allocate an input of "
+            f"{_gib(prod(shape) * dtype.itemsize)} on {device}: {_one_line(error)}"
+        ) from error
+
+
+def _check_fits(what: str, size: int, device: torch.device) -> None:
+    """A UserError if ``size`` bytes on the CPU exceed the memory available: allocating them
+    would end in the kernel's out-of-memory killer, not in an error."""
+    if device.type != "cpu":
+        return
+    available = _available_memory()
+    if available is not None and size > available:
+        raise UserError(
+            f"{what}: {_gib(size)} needed, more than the {_gib(available)} of memory available; "
+            "use --device meta to count without memory"
+        )
+
+
+def _model_bytes(factory: Callable[[], Any]) -> Optional[int]:
+    """Bytes of the parameters and buffers ``factory()`` builds, measured on the meta device
+    (no memory); None when the factory cannot build there."""
+    try:
+        with torch.device("meta"):
+            probe = factory()
+        tensors = [*probe.parameters(), *probe.buffers()]
+    except Exception:
+        return None
+    return sum(t.numel() * t.element_size() for t in tensors)
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).replace("torch.", "")
+
+
+def _gib(size: int) -> str:
+    return f"{size / 2**30:.3g} GiB"
+
+
+def _available_memory() -> Optional[int]:
+    """Bytes of memory the system can still give (MemAvailable), None where unknown."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
 
 
 def count(args: argparse.Namespace) -> FlopMode:
@@ -113,16 +196,26 @@ def count(args: argparse.Namespace) -> FlopMode:
     try:
         device = torch.device(args.device)
     except RuntimeError as error:
-        raise UserError(f"--device: {error}") from error
+        raise UserError(f"--device: {_one_line(error)}") from error
+    backend = getattr(torch, device.type, None)
+    if device.type not in ("cpu", "meta") and hasattr(backend, "is_available") and not backend.is_available():
+        raise UserError(f"--device {args.device}: no {device.type} device is available here (try cpu or meta)")
+    dtype = _DTYPES[args.input_dtype]
+    for shape in args.input_shape:
+        _check_fits(f"--input-shape {','.join(map(str, shape))}: an input of {_dtype_name(dtype)}",
+                    prod(shape) * dtype.itemsize, device)
+    if device.type == "cpu":
+        model_bytes = _model_bytes(factory)
+        if model_bytes is not None:
+            _check_fits(f"the parameters and buffers of {args.model}()", model_bytes, device)
     try:
         with device:
             model = factory()
     except Exception as error:
-        raise UserError(f"{args.model}() raised {type(error).__name__}: {error}") from error
+        raise UserError(f"{args.model}() raised {_one_line(error)}") from error
     if not isinstance(model, torch.nn.Module):
         raise UserError(f"{args.model}() returned {type(model).__name__}, expected a torch.nn.Module")
     model.train(args.train)
-    dtype = _DTYPES[args.input_dtype]
     inputs = [_make_input(shape, dtype, device) for shape in args.input_shape]
     grad = contextlib.nullcontext() if args.backward else torch.no_grad()
     metrics = args.metrics + (("bytes",) if args.device_spec else ())
@@ -142,7 +235,7 @@ def count(args: argparse.Namespace) -> FlopMode:
             raise
         except Exception as error:
             shapes = ", ".join(str(tuple(s)) for s in args.input_shape)
-            raise UserError(f"running the model on inputs of shape {shapes} raised {type(error).__name__}: {error}") from error
+            raise UserError(f"running the model on inputs of shape {shapes} raised {_one_line(error)}") from error
     return mode
 
 
@@ -155,7 +248,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except UserError as error:
         if args.traceback:
             traceback.print_exc()
-        print(f"dispatchcount: error: {error}", file=sys.stderr)
+        print("dispatchcount: error: " + " ".join(str(error).split()), file=sys.stderr)
         return 1
     if args.html:
         try:

@@ -18,8 +18,9 @@ import torch
 from torch._subclasses.fake_tensor import FakeTensor
 from torch.utils._python_dispatch import TorchDispatchMode, _get_current_dispatch_mode_stack, _pop_mode, _push_mode
 
+from dispatchcount.formula_result import IntegerWork, as_count
 from dispatchcount.problems import Problems
-from dispatchcount.records import BACKWARD, COMM_BYTES, FORWARD, RECOMPUTE, Records
+from dispatchcount.records import BACKWARD, COMM_BYTES, FORWARD, INT_OPS, RECOMPUTE, Records
 from dispatchcount.registry import DECOMPOSE, HIGHER_ORDER, UNSUPPORTED, ZERO, Cost, Transfer
 from dispatchcount.subclasses import count_per_component, has_nested, nested_flops, propagating, subclass_runs
 from dispatchcount.tracker import ModuleTracker
@@ -173,6 +174,8 @@ class CountingDispatch(TorchDispatchMode):
                         flops, dtype = as_count(flops.flops), flops.dtype
                     elif type(flops) is Transfer:  # a collective: no FLOPs, bytes handed to it
                         flops, sent = 0, flops.nbytes
+                    elif type(flops) is IntegerWork:  # products in integer arithmetic
+                        return self.charge_integer_work(func, flops, args, kwargs, out)
                     else:
                         flops = as_count(flops)
             except Exception as error:
@@ -213,6 +216,21 @@ class CountingDispatch(TorchDispatchMode):
         if not count_per_component(self, func, args, kwargs):
             self.problems.no_rule(func)
         return out
+
+    def charge_integer_work(self, func: Any, work: IntegerWork, args: tuple, kwargs: dict, out: Any) -> None:
+        """Charge an op whose products ran in integer arithmetic: its FLOPs as any op's, its
+        integer operations into the ``int_ops`` slot of the same record (a meter for one call)."""
+        flops, int_ops = as_count(work.flops), as_count(work.int_ops)
+
+        def add_int_ops(slots: list, *_: Any) -> None:
+            slots[INT_OPS] += int_ops
+
+        meters = self.meters
+        self.meters = (add_int_ops,) + meters
+        try:
+            self.charge(func, lambda *_, **__: flops, args, kwargs, out)
+        finally:
+            self.meters = meters
 
     def run_higher_order(self, func: Any, args: tuple, kwargs: dict) -> Any:
         """Run a higher-order op's body under this mode, so that the ops inside are counted."""
@@ -318,11 +336,3 @@ def _never(func: Any) -> bool:
 def _has_data(t: torch.Tensor) -> bool:
     return t.device.type != "meta" and not isinstance(t, FakeTensor)
 
-
-def as_count(flops: Any) -> int:
-    """A formula's result as an int; a TypeError for anything that is not a count."""
-    if isinstance(flops, torch.SymInt):
-        flops = int(flops)
-    if not isinstance(flops, (int, float)) or isinstance(flops, bool) or flops < 0 or flops != flops:
-        raise TypeError(f"a FLOP formula must return a non-negative number, got {flops!r}")
-    return int(flops)

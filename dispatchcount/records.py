@@ -26,6 +26,7 @@ __all__ = [
     "BYTES_WRITTEN",
     "SECONDS",
     "COMM_BYTES",
+    "INT_OPS",
     "PHASES",
     "FORWARD",
     "BACKWARD",
@@ -38,8 +39,8 @@ __all__ = [
     "dtype_name",
 ]
 
-SLOTS = ("flops", "calls", "bytes_read", "bytes_written", "seconds", "comm_bytes")
-FLOPS, CALLS, BYTES_READ, BYTES_WRITTEN, SECONDS, COMM_BYTES = range(len(SLOTS))
+SLOTS = ("flops", "calls", "bytes_read", "bytes_written", "seconds", "comm_bytes", "int_ops")
+FLOPS, CALLS, BYTES_READ, BYTES_WRITTEN, SECONDS, COMM_BYTES, INT_OPS = range(len(SLOTS))
 
 PHASES = ("forward", "backward", "recompute")
 FORWARD, BACKWARD, RECOMPUTE = PHASES
@@ -51,8 +52,10 @@ _SELECTED = {
     RECOMPUTE: frozenset({RECOMPUTE}),
 }
 
-# Metric name -> the slots it sums. "flops", "calls" and "comm_bytes" (the bytes this rank hands
-# to collectives, docs/conventions.md "Distributed and tensor subclasses") are always recorded.
+# Metric name -> the slots it sums. "flops", "calls", "comm_bytes" (the bytes this rank hands
+# to collectives, docs/conventions.md "Distributed and tensor subclasses") and "int_ops" (the
+# integer operations of kernels whose products run in integers, e.g. quantized ones; not FLOPs)
+# are always recorded.
 METRICS: dict[str, tuple[int, ...]] = {
     "flops": (FLOPS,),
     "calls": (CALLS,),
@@ -61,9 +64,14 @@ METRICS: dict[str, tuple[int, ...]] = {
     "bytes_written": (BYTES_WRITTEN,),
     "seconds": (SECONDS,),
     "comm_bytes": (COMM_BYTES,),
+    "int_ops": (INT_OPS,),
 }
 # The metrics a FlopMode may be asked to record -> the metric names they make available.
-RECORDABLE = {"flops": ("flops", "calls", "comm_bytes"), "bytes": ("bytes", "bytes_read", "bytes_written"), "time": ("seconds",)}
+RECORDABLE = {
+    "flops": ("flops", "calls", "comm_bytes", "int_ops"),
+    "bytes": ("bytes", "bytes_read", "bytes_written"),
+    "time": ("seconds",),
+}
 
 _op_names: dict[Any, str] = {}
 

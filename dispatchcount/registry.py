@@ -30,6 +30,8 @@ from typing import Any, Callable, Iterable, Mapping, Optional, Union
 import torch
 from torch._ops import HigherOrderOperator, OpOverload, OpOverloadPacket
 
+from dispatchcount.formula_result import checked
+
 __all__ = [
     "CONVENTIONS",
     "Convention",
@@ -163,7 +165,7 @@ class RuleTable:
         """The rule for ``op`` (cached)."""
         rule = self.cache.get(id(op))
         if rule is None:
-            rule = self.explain(op).rule
+            rule = _checked_unless_builtin(self.explain(op).rule)
             self._ops[id(op)] = op
             self.cache[id(op)] = rule
         return rule
@@ -238,6 +240,8 @@ class RuleOverlay:
                 rule = self.formulas.get(op._overloadpacket)
             if rule is None:
                 rule = self.base.resolve(op)
+            else:
+                rule = _checked_unless_builtin(rule)
             self._ops[id(op)] = op
             self.cache[id(op)] = rule
         return rule
@@ -344,6 +348,14 @@ def _is_builtin(fn: Any) -> bool:
     while hasattr(fn, "__wrapped__"):
         fn = fn.__wrapped__
     return (getattr(fn, "__module__", None) or "").startswith("dispatchcount.")
+
+
+def _checked_unless_builtin(rule: Any) -> Any:
+    """A formula from outside dispatchcount, its results checked (negative, fractional ...
+    counts are formula errors); markers and dispatchcount's own formulas as they are."""
+    if isinstance(rule, _Marker) or not callable(rule) or _is_builtin(rule):
+        return rule
+    return checked(rule)
 
 
 def _overloads(op: Op) -> list[Any]:

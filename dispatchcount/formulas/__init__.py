@@ -21,6 +21,7 @@ from dispatchcount.formulas import (  # noqa: F401  # noqa: F401
     prim,
     products,
     quantization,
+    quantized,
     reduction,
     rnn,
     sorting,

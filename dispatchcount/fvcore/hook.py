@@ -414,4 +414,4 @@ class _Fixed:
         self.count = count
 
     def __call__(self, *args: Any, out: Any = None, **kwargs: Any) -> Any:
-        return self.count
+        return int(self.count)  # fvcore handles may return fractions: truncated per call, as documented

@@ -26,21 +26,15 @@ _STRIDED = torch.strided
 _FLOPS_PER_MAC = {d: macs_to_flops(1, d) for d in vars(torch).values() if isinstance(d, torch.dtype)}
 
 
-def _product(a, b, out) -> int:
-    """FLOPs of a (m, k) @ (k, n) product of strided ``a`` and ``b``, labelled by matmul_cost
-    where the result's dtype is not the one multiplied in (CUDA, out_dtype)."""
-    m, k = a.shape
-    flops = _FLOPS_PER_MAC[a.dtype] * m * b.shape[-1] * k
-    if a.is_cuda or (out is not None and out.dtype is not a.dtype):
-        return matmul_cost(flops, a, out)
-    return flops
-
-
 @register_formula(aten.mm)
 def mm_flop(a, b, *args, out=None, **kwargs) -> int:
     if a.layout is not _STRIDED or b.layout is not _STRIDED:
         return sparse_product_flops(a, b)
-    return _product(a, b, out)
+    m, k = a.shape
+    flops = _FLOPS_PER_MAC[a.dtype] * m * b.shape[-1] * k
+    if a.is_cuda or (out is not None and out.dtype is not a.dtype):  # labelled: tf32, out_dtype
+        return matmul_cost(flops, a, out)
+    return flops
 
 
 @register_formula(aten._int_mm)
@@ -52,9 +46,7 @@ def int_mm_flop(a, b, *args, out=None, **kwargs) -> IntegerWork:
 
 @register_formula([aten.addmm, aten._addmm_activation])
 def addmm_flop(bias, a, b, *args, out=None, **kwargs) -> int:
-    if a.layout is not _STRIDED or b.layout is not _STRIDED:
-        return sparse_product_flops(a, b)
-    return _product(a, b, out)
+    return mm_flop(a, b, out=out)
 
 
 @register_formula(aten.bmm)

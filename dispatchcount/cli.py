@@ -23,7 +23,7 @@ from typing import Any, Callable, Optional, Sequence
 import torch
 
 from dispatchcount import cli_hints, report_html
-from dispatchcount.cli_inputs import InputSpec, make_inputs, parse_dtype, parse_input, parse_input_shape
+from dispatchcount.cli_inputs import make_inputs, parse_dtype, parse_input, parse_input_shape
 from dispatchcount.devices import devices
 from dispatchcount.mode import FlopMode
 from dispatchcount.problems import FormulaError, UnsupportedOperatorError

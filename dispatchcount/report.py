@@ -102,15 +102,15 @@ class Line:
 class Tally:
     """One quantity summed per :class:`Line`, over ``items`` that carry ``names`` (every module
     charged, inclusive), ``module`` (the innermost) and ``operator``: snapshot rows, or a
-    roofline's op estimates."""
+    roofline's op estimates. ``operators``: also per operator (for operator lines)."""
 
     __slots__ = ("inclusive", "own", "per_operator", "own_per_operator")
 
     def __init__(self, items: Iterable[Any], value: Callable[[Any], float], operators: bool = False) -> None:
         inclusive: dict[str, float] = {}
         own: dict[str, float] = {}
-        per_operator: dict[tuple[str, str], float] = {}
-        own_per_operator: dict[tuple[str, str], float] = {}
+        per_operator: dict[str, dict[str, float]] = {}  # module -> operator -> value
+        own_per_operator: dict[str, dict[str, float]] = {}
         for item in items:
             v = value(item)
             if not v:
@@ -119,26 +119,25 @@ class Tally:
                 inclusive[name] = inclusive.get(name, 0) + v
             own[item.module] = own.get(item.module, 0) + v
             if operators:
-                for name in item.names:
-                    key = (name, item.operator)
-                    per_operator[key] = per_operator.get(key, 0) + v
-                key = (item.module, item.operator)
-                own_per_operator[key] = own_per_operator.get(key, 0) + v
+                op = item.operator
+                for per_op in [per_operator.setdefault(name, {}) for name in item.names] + \
+                        [own_per_operator.setdefault(item.module, {})]:
+                    per_op[op] = per_op.get(op, 0) + v
         self.inclusive, self.own = inclusive, own
         self.per_operator, self.own_per_operator = per_operator, own_per_operator
 
     def __call__(self, line: Line) -> float:
         if line.operator is None:
             return (self.own if line.own else self.inclusive).get(line.name, 0)
-        return (self.own_per_operator if line.own else self.per_operator).get((line.name, line.operator), 0)
+        per_op = (self.own_per_operator if line.own else self.per_operator).get(line.name, {})
+        return per_op.get(line.operator, 0)
 
     def operators(self, name: str, own: bool, order: Optional["Tally"] = None) -> list[str]:
         """The operators with a value in module ``name`` (or in its own ops), largest first
         by ``order``'s values (default: this tally's), then by this tally's."""
-        source = self.own_per_operator if own else self.per_operator
-        first = (order.own_per_operator if own else order.per_operator) if order is not None else source
-        found = [(-first.get(key, 0), -value, key[1]) for key, value in source.items() if key[0] == name]
-        return [op for *_, op in sorted(found)]
+        source = (self.own_per_operator if own else self.per_operator).get(name, {})
+        first = source if order is None else (order.own_per_operator if own else order.per_operator).get(name, {})
+        return [op for *_, op in sorted((-first.get(op, 0), -value, op) for op, value in source.items())]
 
 
 @dataclass(frozen=True)

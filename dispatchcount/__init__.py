@@ -1,5 +1,6 @@
 """dispatchcount: a FLOP counter for PyTorch that sees every aten op at dispatch."""
 
+from dispatchcount import distributed
 from dispatchcount.devices import DeviceSpec, devices
 from dispatchcount.generation import GenerationCount, count_generate
 from dispatchcount.mode import FlopMode, count_flops
@@ -20,4 +21,5 @@ __all__ = [
     "devices",
     "UnsupportedOperatorError",
     "FormulaError",
+    "distributed",
 ]

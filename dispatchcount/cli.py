@@ -4,6 +4,11 @@ Builds the model with ``factory()`` (imported from the current directory, as ``p
 does, or from a ``path/to/file.py``), runs it on random inputs of the given shapes and dtypes
 (``--input NAME=SHAPE:DTYPE`` for keyword arguments) under FlopMode and prints the table (or,
 with --json, the full report).
+
+Every mistake of the user (in the command line, in what it points to, in the inputs it asks
+for, an input larger than the memory included) is one line on stderr, ``dispatchcount: error:
+...``, and a non-zero exit: 2 for the command line itself (argparse's convention), 1 for the
+rest. ``--traceback`` shows the full traceback of the latter.
 """
 
 from __future__ import annotations
@@ -16,9 +21,10 @@ import json
 import os
 import sys
 import traceback
+from math import prod
 from pathlib import Path
 from types import ModuleType
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, NoReturn, Optional, Sequence
 
 import torch
 
@@ -33,6 +39,19 @@ from dispatchcount.registry import CONVENTIONS
 
 class UserError(Exception):
     """A mistake in the command line or in what it points to: one line, no traceback."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with its errors on one line (no usage block): ``dispatchcount: error: ...``."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"dispatchcount: error: {message} (see --help)\n")
+
+
+def _one_line(error: BaseException) -> str:
+    """An exception as ``Type: first line of its message`` (PyTorch appends C++ context lines)."""
+    lines = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {lines[0].strip()}" if lines else type(error).__name__
 
 
 def parse_depth(text: str) -> Optional[int]:
@@ -95,6 +114,9 @@ def _import(name: str) -> ModuleType:
         except ImportError as error:
             del sys.modules[path.stem]
             raise UserError(f"cannot import {name!r}: {error}") from error
+        except Exception as error:  # the file itself is broken (SyntaxError, an error at import)
+            del sys.modules[path.stem]
+            raise UserError(f"importing {name!r} raised {_one_line(error)}") from error
         return module
     if "" not in sys.path and os.getcwd() not in sys.path:  # the console script's path has no cwd
         sys.path.insert(0, os.getcwd())
@@ -102,10 +124,12 @@ def _import(name: str) -> ModuleType:
         return importlib.import_module(name)
     except ImportError as error:
         raise UserError(f"cannot import module {name!r}: {error}") from error
+    except Exception as error:  # the module itself is broken (SyntaxError, an error at import)
+        raise UserError(f"importing module {name!r} raised {_one_line(error)}") from error
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="dispatchcount",
         description="Count the FLOPs of a PyTorch model, per module and operator, at dispatch level.",
         epilog="example: dispatchcount examples.llama:llama_tiny --input input_ids=2,16:int64 --backward",
@@ -147,34 +171,85 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _check_fits(what: str, size: int, device: torch.device) -> None:
+    """A UserError if ``size`` bytes on the CPU exceed the memory available: allocating them
+    would end in the kernel's out-of-memory killer, not in an error."""
+    if device.type != "cpu":
+        return
+    available = _available_memory()
+    if available is not None and size > available:
+        raise UserError(
+            f"{what}: {_gib(size)} needed, more than the {_gib(available)} of memory available; "
+            "use --device meta to count without memory"
+        )
+
+
+def _model_bytes(factory: Callable[[], Any]) -> Optional[int]:
+    """Bytes of the parameters and buffers ``factory()`` builds, measured on the meta device
+    (no memory); None when the factory cannot build there."""
+    try:
+        with torch.device("meta"):
+            probe = factory()
+        tensors = [*probe.parameters(), *probe.buffers()]
+    except Exception:
+        return None
+    return sum(t.numel() * t.element_size() for t in tensors)
+
+
+def _gib(size: int) -> str:
+    return f"{size / 2**30:.3g} GiB"
+
+
+def _available_memory() -> Optional[int]:
+    """Bytes of memory the system can still give (MemAvailable), None where unknown."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
 def count(args: argparse.Namespace) -> FlopMode:
     factory = load_factory(args.model)
     try:
         device = torch.device(args.device)
     except RuntimeError as error:
-        raise UserError(f"--device: {error}") from error
+        raise UserError(f"--device: {_one_line(error)}") from error
     unavailable = cli_hints.unavailable_device(device)
     if unavailable:
         raise UserError(unavailable)
+    for spec in args.inputs:
+        dtype = spec.dtype or args.input_dtype
+        _check_fits(f"input {spec.describe(args.input_dtype)}", prod(spec.shape) * dtype.itemsize, device)
+    if device.type == "cpu":
+        model_bytes = _model_bytes(factory)
+        if model_bytes is not None:
+            _check_fits(f"the parameters and buffers of {args.model}()", model_bytes, device)
     try:
         with device:
             model = factory()
     except Exception as error:
-        raise UserError(_with_hint(f"{args.model}() raised {type(error).__name__}: {error}",
+        raise UserError(_with_hint(f"{args.model}() raised {_one_line(error)}",
                                    cli_hints.factory_hint(error))) from error
     if not isinstance(model, torch.nn.Module):
         raise UserError(f"{args.model}() returned {type(model).__name__}, expected a torch.nn.Module")
     model.train(args.train)
+    inputs = ", ".join(spec.describe(args.input_dtype) for spec in args.inputs)
     try:
         positional, keywords = make_inputs(args.inputs, args.input_dtype, device)
-    except ValueError as error:
+    except ValueError as error:  # a keyword given twice
         raise UserError(str(error)) from error
+    except (RuntimeError, MemoryError) as error:  # torch.OutOfMemoryError is a RuntimeError
+        size = sum(prod(spec.shape) * (spec.dtype or args.input_dtype).itemsize for spec in args.inputs)
+        raise UserError(f"cannot allocate the inputs ({inputs}; {_gib(size)}) on {device}: {_one_line(error)}") from error
     grad = contextlib.nullcontext() if args.backward else torch.no_grad()
     metrics = args.metrics + (("bytes",) if args.device_spec else ())
     if args.device_spec and args.convention != "flop":
         raise UserError(f"--device-spec needs FLOPs: use --convention flop, not {args.convention!r}")
     attempt = cli_hints.Attempt(model, args.inputs, args.input_dtype, device)
-    inputs = ", ".join(spec.describe(args.input_dtype) for spec in args.inputs)
     with FlopMode(model, convention=args.convention, metrics=metrics, strict=args.strict,
                   attention=args.attention) as mode, grad:
         output = _run(lambda: model(*positional, **keywords), f"running the model on inputs {inputs}", attempt)
@@ -190,7 +265,7 @@ def _run(step: Callable[[], Any], what: str, attempt: cli_hints.Attempt) -> Any:
     except (UnsupportedOperatorError, FormulaError) as error:
         raise UserError(f"--strict: {error}") from error
     except Exception as error:
-        message = f"{what} raised {type(error).__name__}: {error}"
+        message = f"{what} raised {_one_line(error)}"
         raise UserError(_with_hint(message, cli_hints.hint(error, attempt))) from error
 
 
@@ -210,7 +285,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except UserError as error:
         if args.traceback:
             traceback.print_exc()
-        print(f"dispatchcount: error: {error}", file=sys.stderr)
+        print("dispatchcount: error: " + " ".join(str(error).split()), file=sys.stderr)
         return 1
     if args.html:
         try:

@@ -16,14 +16,16 @@ from typing import Any, Iterator, Optional
 
 import torch
 from torch._subclasses.fake_tensor import FakeTensor
-from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._python_dispatch import TorchDispatchMode, _get_current_dispatch_mode_stack, _pop_mode, _push_mode
 
+from dispatchcount.formula_result import IntegerWork, as_count
 from dispatchcount.problems import Problems
-from dispatchcount.records import BACKWARD, FORWARD, RECOMPUTE, Records
-from dispatchcount.registry import DECOMPOSE, HIGHER_ORDER, UNSUPPORTED, ZERO, Cost
+from dispatchcount.records import BACKWARD, COMM_BYTES, FORWARD, INT_OPS, RECOMPUTE, Records
+from dispatchcount.registry import DECOMPOSE, HIGHER_ORDER, UNSUPPORTED, ZERO, Cost, Transfer
+from dispatchcount.subclasses import count_per_component, has_nested, nested_flops, propagating, subclass_runs
 from dispatchcount.tracker import ModuleTracker
 
-__all__ = ["CountingDispatch", "as_count"]
+__all__ = ["CountingDispatch", "as_count", "leave"]
 
 _current_node = torch._C._current_autograd_node
 _grad_enabled = torch.is_grad_enabled
@@ -119,6 +121,11 @@ class CountingDispatch(TorchDispatchMode):
     def __torch_dispatch__(self, func: Any, types: Any, args: tuple = (), kwargs: Optional[dict] = None) -> Any:
         if kwargs is None:
             kwargs = {}
+        if types:  # tensor subclasses (plain tensors never appear in types): dispatchcount.subclasses
+            if subclass_runs(types):
+                return NotImplemented  # it runs the op; the ops it runs on its tensors come back here
+            if propagating():  # DTensor's sharding propagation on fake tensors: not the program's compute
+                return func(*args, **kwargs)
         rule = self.rules.get(id(func))
         if rule is None:
             rule = self.resolve(func)
@@ -129,6 +136,8 @@ class CountingDispatch(TorchDispatchMode):
             if quiet or (quiet is None and self.is_quiet(func)):
                 return func(*args, **kwargs)
         if rule is DECOMPOSE:
+            if has_nested(args):  # C++ nested tensors run their own kernel, not the composite
+                return self.run_nested(func, args, kwargs)
             # Run the C++ CompositeImplicit kernel, as a plain run does. (func.decompose() would
             # prefer a Python decomposition where torch._decomp registered one, e.g. for
             # upsample_bilinear2d.vec under inference_mode, which rounds differently.)
@@ -149,6 +158,7 @@ class CountingDispatch(TorchDispatchMode):
         of ``func``; a formula that fails goes to the problems sink. ZERO and UNSUPPORTED rules
         (charged only when meters record other metrics) cost 0 FLOPs."""
         dtype = None
+        sent = 0
         if rule is ZERO or rule is UNSUPPORTED:
             flops = 0
         else:
@@ -162,13 +172,20 @@ class CountingDispatch(TorchDispatchMode):
                 if type(flops) is not int:
                     if type(flops) is Cost:  # the rare path: FLOPs in a dtype the result lacks
                         flops, dtype = as_count(flops.flops), flops.dtype
+                    elif type(flops) is Transfer:  # a collective: no FLOPs, bytes handed to it
+                        flops, sent = 0, flops.nbytes
+                    elif type(flops) is IntegerWork:  # products in integer arithmetic
+                        return self.charge_integer_work(func, flops, args, kwargs, out)
                     else:
                         flops = as_count(flops)
             except Exception as error:
-                self.problems.formula_failed(func, error)
-                if not self.meters:
-                    return
-                flops = 0
+                # A formula that needs shapes, on C++ nested tensors: the sum over the components.
+                flops = nested_flops(rule, args, kwargs, out) if has_nested(args, out) else None
+                if flops is None:
+                    self.problems.formula_failed(func, error)
+                    if not self.meters:
+                        return
+                    flops = 0
         node = _current_node()
         if node is None:
             frame, phase = self.tracker.current, FORWARD
@@ -187,8 +204,33 @@ class CountingDispatch(TorchDispatchMode):
             slots = self.records.new(key, func)
         slots[0] += flops
         slots[1] += 1
+        if sent:
+            slots[COMM_BYTES] += sent
         for meter in self.meters:
             meter(slots, func, args, kwargs, out)
+
+    def run_nested(self, func: Any, args: tuple, kwargs: dict) -> Any:
+        """Run an op without a rule of its own on C++ nested tensors as a plain run does (their
+        nested kernel), and count it per component."""
+        out = func(*args, **kwargs)
+        if not count_per_component(self, func, args, kwargs):
+            self.problems.no_rule(func)
+        return out
+
+    def charge_integer_work(self, func: Any, work: IntegerWork, args: tuple, kwargs: dict, out: Any) -> None:
+        """Charge an op whose products ran in integer arithmetic: its FLOPs as any op's, its
+        integer operations into the ``int_ops`` slot of the same record (a meter for one call)."""
+        flops, int_ops = as_count(work.flops), as_count(work.int_ops)
+
+        def add_int_ops(slots: list, *_: Any) -> None:
+            slots[INT_OPS] += int_ops
+
+        meters = self.meters
+        self.meters = (add_int_ops,) + meters
+        try:
+            self.charge(func, lambda *_, **__: flops, args, kwargs, out)
+        finally:
+            self.meters = meters
 
     def run_higher_order(self, func: Any, args: tuple, kwargs: dict) -> Any:
         """Run a higher-order op's body under this mode, so that the ops inside are counted."""
@@ -240,6 +282,26 @@ class _WhileGrad(tuple):
 
 def _zero_rule(func: Any) -> Any:
     return ZERO
+def leave(hook: TorchDispatchMode, exc_type: Any, exc: Any, tb: Any) -> None:
+    """Exit ``hook``; whatever happens, it is off this thread's dispatch-mode stack afterwards.
+
+    An exit that fails (a RecursionError hit at the limit, an inner ``with hook:`` whose exit
+    never ran) would leave the hook installed, counting everything that runs later. Every
+    copy still on the stack is taken off, the modes above it kept in their order, and the
+    flags each entry saved restored; then the exit's own error, if any, is raised."""
+    try:
+        hook.__exit__(exc_type, exc, tb)
+    finally:
+        while any(mode is hook for mode in _get_current_dispatch_mode_stack()):
+            above = []
+            while _get_current_dispatch_mode_stack()[-1] is not hook:
+                above.append(_pop_mode())
+            if getattr(hook, "old_dispatch_mode_flags", None):
+                TorchDispatchMode.__exit__(hook, None, None, None)  # pops it and restores its flags
+            else:
+                _pop_mode()
+            for mode in reversed(above):
+                _push_mode(mode)
 
 
 def _dtype_of(out: Any, args: tuple) -> Optional[torch.dtype]:
@@ -274,11 +336,3 @@ def _never(func: Any) -> bool:
 def _has_data(t: torch.Tensor) -> bool:
     return t.device.type != "meta" and not isinstance(t, FakeTensor)
 
-
-def as_count(flops: Any) -> int:
-    """A formula's result as an int; a TypeError for anything that is not a count."""
-    if isinstance(flops, torch.SymInt):
-        flops = int(flops)
-    if not isinstance(flops, (int, float)) or isinstance(flops, bool) or flops < 0 or flops != flops:
-        raise TypeError(f"a FLOP formula must return a non-negative number, got {flops!r}")
-    return int(flops)

@@ -11,6 +11,8 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, Optional, Un
 import torch
 
 from dispatchcount import report, report_html, sdpa
+from dispatchcount.compile_stance import force_eager, unchanged
+from dispatchcount.dispatch import leave
 from dispatchcount.problems import FormulaError, Notes, Problems, UnsupportedOperatorError
 from dispatchcount.records import RECORDABLE, Counts, Records, op_name, snapshot_rows
 from dispatchcount.registry import Formula, convention as find_convention
@@ -97,6 +99,7 @@ class FlopMode:
             from dispatchcount.meters import OpTimer
 
             self._timer = OpTimer()
+        self._restore_stance: Callable[[], None] = unchanged
 
     # -- context ---------------------------------------------------------------------------
 
@@ -107,18 +110,21 @@ class FlopMode:
         self._problems.clear()
         self._notes.clear()
         self._snapshot = None
-        self._tracker = ModuleTracker(self.model, self._modules)
+        if self._tracker.calls or self._tracker.params:  # a fresh one for every with block
+            self._tracker = ModuleTracker(self.model, self._modules)
         self._tracker.start()
         hook_class = self._convention.hook_class()
         self._hook = hook_class(self._rules, self._records, self._tracker, self._problems,
                                 meters=self._meters(), timer=self._timer)
         sdpa.acquire()
+        self._restore_stance = force_eager()  # torch.compile'd code runs eagerly, and is counted
         try:
             self._hook.__enter__()
         except BaseException:
             sdpa.release()
             self._tracker.stop()
             self._hook = None
+            self._restore_stance()
             raise
         return self
 
@@ -126,11 +132,13 @@ class FlopMode:
         hook, self._hook = self._hook, None
         try:
             if hook is not None:
-                hook.__exit__(exc_type, exc, tb)
+                leave(hook, exc_type, exc, tb)  # never leaves the hook installed
         finally:
             if hook is not None:
                 sdpa.release()
             self._tracker.stop()
+            restore, self._restore_stance = self._restore_stance, unchanged
+            restore()
         if exc_type is None:
             self._warn_uncounted()
             self._warn_model_never_ran()
@@ -292,7 +300,8 @@ class FlopMode:
     def by_dtype(self, phase: Optional[str] = None, *, metric: str = "flops") -> dict[str, int]:
         """{dtype: FLOPs}, by the dtype each op computed in ("float32", "bfloat16" ...):
         matmul-like ops the dtype they multiply in ("float8_e4m3fn" for ``_scaled_mm``, "tf32"
-        for float32 products on CUDA with TF32 allowed). ``metric``: another recorded metric."""
+        for float32 products on CUDA with TF32 allowed). ``metric``: another recorded metric
+        (``"int_ops"``: the integer operations of quantized kernels, by their dtype)."""
         return self.counts().by_dtype(phase, metric)
 
     def by_section(self, phase: Optional[str] = None, *, metric: str = "flops") -> dict[Optional[str], int]:

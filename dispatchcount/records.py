@@ -25,6 +25,8 @@ __all__ = [
     "BYTES_READ",
     "BYTES_WRITTEN",
     "SECONDS",
+    "COMM_BYTES",
+    "INT_OPS",
     "PHASES",
     "FORWARD",
     "BACKWARD",
@@ -37,8 +39,8 @@ __all__ = [
     "dtype_name",
 ]
 
-SLOTS = ("flops", "calls", "bytes_read", "bytes_written", "seconds")
-FLOPS, CALLS, BYTES_READ, BYTES_WRITTEN, SECONDS = range(len(SLOTS))
+SLOTS = ("flops", "calls", "bytes_read", "bytes_written", "seconds", "comm_bytes", "int_ops")
+FLOPS, CALLS, BYTES_READ, BYTES_WRITTEN, SECONDS, COMM_BYTES, INT_OPS = range(len(SLOTS))
 
 PHASES = ("forward", "backward", "recompute")
 FORWARD, BACKWARD, RECOMPUTE = PHASES
@@ -50,7 +52,10 @@ _SELECTED = {
     RECOMPUTE: frozenset({RECOMPUTE}),
 }
 
-# Metric name -> the slots it sums. "flops" and "calls" are always recorded.
+# Metric name -> the slots it sums. "flops", "calls", "comm_bytes" (the bytes this rank hands
+# to collectives, docs/conventions.md "Distributed and tensor subclasses") and "int_ops" (the
+# integer operations of kernels whose products run in integers, e.g. quantized ones; not FLOPs)
+# are always recorded.
 METRICS: dict[str, tuple[int, ...]] = {
     "flops": (FLOPS,),
     "calls": (CALLS,),
@@ -58,9 +63,15 @@ METRICS: dict[str, tuple[int, ...]] = {
     "bytes_read": (BYTES_READ,),
     "bytes_written": (BYTES_WRITTEN,),
     "seconds": (SECONDS,),
+    "comm_bytes": (COMM_BYTES,),
+    "int_ops": (INT_OPS,),
 }
 # The metrics a FlopMode may be asked to record -> the metric names they make available.
-RECORDABLE = {"flops": ("flops", "calls"), "bytes": ("bytes", "bytes_read", "bytes_written"), "time": ("seconds",)}
+RECORDABLE = {
+    "flops": ("flops", "calls", "comm_bytes", "int_ops"),
+    "bytes": ("bytes", "bytes_read", "bytes_written"),
+    "time": ("seconds",),
+}
 
 _op_names: dict[Any, str] = {}
 

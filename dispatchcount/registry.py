@@ -30,6 +30,8 @@ from typing import Any, Callable, Iterable, Mapping, Optional, Union
 import torch
 from torch._ops import HigherOrderOperator, OpOverload, OpOverloadPacket
 
+from dispatchcount.formula_result import checked
+
 __all__ = [
     "CONVENTIONS",
     "Convention",
@@ -39,6 +41,7 @@ __all__ = [
     "DECOMPOSE",
     "UNSUPPORTED",
     "HIGHER_ORDER",
+    "Transfer",
     "Formula",
     "Cost",
     "convention",
@@ -91,6 +94,19 @@ UNSUPPORTED = _Marker("UNSUPPORTED")
 HIGHER_ORDER = _Marker("HIGHER_ORDER")
 
 _COMPOSITE_IMPLICIT = torch._C.DispatchKey.CompositeImplicitAutograd
+
+
+class Transfer:
+    """What a communication formula returns: 0 FLOPs, and ``nbytes`` this rank hands to a
+    collective (recorded in the ``comm_bytes`` metric)."""
+
+    __slots__ = ("nbytes",)
+
+    def __init__(self, nbytes: int) -> None:
+        self.nbytes = nbytes
+
+    def __repr__(self) -> str:
+        return f"Transfer({self.nbytes})"
 
 
 @dataclass(frozen=True)
@@ -149,7 +165,7 @@ class RuleTable:
         """The rule for ``op`` (cached)."""
         rule = self.cache.get(id(op))
         if rule is None:
-            rule = self.explain(op).rule
+            rule = _checked_unless_builtin(self.explain(op).rule)
             self._ops[id(op)] = op
             self.cache[id(op)] = rule
         return rule
@@ -224,6 +240,8 @@ class RuleOverlay:
                 rule = self.formulas.get(op._overloadpacket)
             if rule is None:
                 rule = self.base.resolve(op)
+            else:
+                rule = _checked_unless_builtin(rule)
             self._ops[id(op)] = op
             self.cache[id(op)] = rule
         return rule
@@ -273,9 +291,15 @@ class Convention:
         return _load(self.beyond) if self.beyond else None
 
 
+_loaded: dict[str, Any] = {}
+
+
 def _load(target: str) -> Any:
-    module, _, attr = target.partition(":")
-    return getattr(importlib.import_module(module), attr)
+    found = _loaded.get(target)
+    if found is None:
+        module, _, attr = target.partition(":")
+        found = _loaded[target] = getattr(importlib.import_module(module), attr)
+    return found
 
 
 CONVENTIONS: dict[str, Convention] = {
@@ -324,6 +348,14 @@ def _is_builtin(fn: Any) -> bool:
     while hasattr(fn, "__wrapped__"):
         fn = fn.__wrapped__
     return (getattr(fn, "__module__", None) or "").startswith("dispatchcount.")
+
+
+def _checked_unless_builtin(rule: Any) -> Any:
+    """A formula from outside dispatchcount, its results checked (negative, fractional ...
+    counts are formula errors); markers and dispatchcount's own formulas as they are."""
+    if isinstance(rule, _Marker) or not callable(rule) or _is_builtin(rule):
+        return rule
+    return checked(rule)
 
 
 def _overloads(op: Op) -> list[Any]:

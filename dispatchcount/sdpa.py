@@ -54,16 +54,33 @@ _LIBRARY.define(
 SDPA_BACKWARD = torch.ops.dispatchcount.scaled_dot_product_attention_backward.default
 _COMPOSITE = torch._C.DispatchKey.CompositeImplicitAutograd
 _next_sequence_nr = torch._C._autograd._get_sequence_nr
-_AUTOGRAD_KEYS = (
-    "AutogradCPU",
-    "AutogradCUDA",
-    "AutogradMeta",
-    "AutogradXPU",
-    "AutogradMPS",
-    "AutogradHPU",
-    "AutogradMTIA",
-    "AutogradPrivateUse1",
+# The Autograd keys the kernel is registered at. Registering costs about 60 us a key at each
+# first acquire(), so the backends of other devices are included only when this process has one.
+_ALWAYS = ("AutogradCPU", "AutogradCUDA", "AutogradMeta")  # CUDA also serves fake CUDA tensors
+_IF_AVAILABLE = (
+    ("AutogradXPU", lambda: hasattr(torch, "xpu") and torch.xpu.is_available()),
+    ("AutogradMPS", lambda: torch.backends.mps.is_available()),
+    ("AutogradHPU", lambda: hasattr(torch, "hpu")),
+    ("AutogradMTIA", lambda: hasattr(torch, "mtia") and torch.mtia.is_available()),
+    ("AutogradPrivateUse1", lambda: torch._C._get_privateuse1_backend_name() != "privateuseone"),
 )
+
+
+def _autograd_keys() -> tuple[str, ...]:
+    global _KEYS
+    if _KEYS is None:
+        extra = []
+        for key, available in _IF_AVAILABLE:
+            try:
+                if available():
+                    extra.append(key)
+            except Exception:  # an odd build: leave that backend out
+                pass
+        _KEYS = _ALWAYS + tuple(extra)
+    return _KEYS
+
+
+_KEYS: Optional[tuple[str, ...]] = None
 
 _lock = threading.Lock()
 _users = 0
@@ -77,7 +94,7 @@ def acquire() -> None:
         _users += 1
         if _library is None:
             library = torch.library.Library("aten", "IMPL")
-            for key in _AUTOGRAD_KEYS:
+            for key in _autograd_keys():
                 try:
                     library.impl("scaled_dot_product_attention", _counted_sdpa, key)
                 except RuntimeError:  # a key this PyTorch build does not know

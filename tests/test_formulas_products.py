@@ -71,6 +71,48 @@ def test_sparse_products_reductions_softmax():
     assert counted(lambda: torch.sparse.softmax(sparse, 1)) == {"aten._sparse_softmax": 5 * 6}
 
 
+@pytest.mark.parametrize("layout", ["coo", "csr", "csc", "bsr"])
+def test_sparse_operands_of_dense_products_are_charged_by_stored_values(layout):
+    # A 12.5%-dense 8 x 8 matrix: 8 stored values at (i, 3i mod 8). BSR with 2 x 2 blocks: the
+    # 8 values fall in 8 different blocks (row block i // 2, column block 3i mod 8 // 2), which
+    # store 4 values each, zeros included: 32.
+    dense = torch.zeros(8, 8)
+    for i in range(8):
+        dense[i, (3 * i) % 8] = i + 1.0
+    sparse = {"coo": dense.to_sparse, "csr": dense.to_sparse_csr, "csc": dense.to_sparse_csc,
+              "bsr": lambda: dense.to_sparse_bsr((2, 2))}[layout]()
+    stored = 32 if layout == "bsr" else 8
+    if layout == "bsr":
+        assert sparse.values().numel() == stored
+    x = torch.randn(8, 5)
+    expected = 2 * stored * 5  # one multiply-add per stored value and dense column
+    assert counted(lambda: sparse @ x) == {"aten.mm": expected}
+    assert counted(lambda: torch.mm(sparse, x)) == {"aten.mm": expected}
+    if layout != "bsr":  # addmm of a BSR matrix has no CPU kernel
+        assert counted(lambda: torch.addmm(torch.zeros(8, 5), sparse, x)) == {"aten.addmm": expected}
+    # F.linear with a sparse weight (out 8, in 8) on 3 rows: dense x sparse^T, each stored
+    # value meets the 3 rows.
+    rows = torch.randn(3, 8)
+    if layout in ("coo",):
+        return  # addmm(dense, sparse COO^T) has no CPU kernel (PyTorch raises, as without the counter)
+    assert counted(lambda: F.linear(rows, sparse, torch.zeros(8))) == {"aten.addmm": 2 * stored * 3}
+    assert counted(lambda: F.linear(rows, sparse)) == {"aten.mm": 2 * stored * 3}
+    # The dense cost would have been 2 * 8 * 8 * 5 = 640, 8x (2x for BSR) more.
+    assert expected * (64 // stored) == 2 * 8 * 8 * 5
+
+
+def test_sparse_matrix_vector_and_batched_products():
+    dense = torch.zeros(6, 4)
+    dense[0, 1], dense[2, 2], dense[5, 0] = 1.0, 2.0, 3.0
+    sparse = dense.to_sparse()
+    assert counted(lambda: torch.mv(sparse, torch.randn(4))) == {"aten.mv": 2 * 3}
+    batch = torch.stack([sparse, sparse])  # 6 stored values over the batch
+    assert counted(lambda: torch.bmm(batch, torch.randn(2, 4, 7))) == {"aten.bmm": 2 * 6 * 7}
+    # torch.sparse.mm and the plain product agree.
+    x = torch.randn(4, 7)
+    assert sum(counted(lambda: torch.sparse.mm(sparse, x)).values()) == sum(counted(lambda: sparse @ x).values())
+
+
 def test_quantization_arithmetic():
     x = torch.randn(3, 4)
     # x / scale + zero_point, round, clamp (2): 5 per element

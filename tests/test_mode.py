@@ -54,6 +54,21 @@ def _(x, *, out=None):
     raise ZeroDivisionError("deliberately broken formula")
 
 
+@torch.library.custom_op("dctest::negative", mutates_args=())
+def negative(x: torch.Tensor) -> torch.Tensor:
+    return x.clone()
+
+
+@negative.register_fake
+def _(x):
+    return torch.empty_like(x)
+
+
+@register_formula(torch.ops.dctest.negative.default)
+def _(x, *, out=None):
+    return -x.numel()  # a broken formula: a negative count
+
+
 class Mlp(nn.Module):
     def __init__(self):
         super().__init__()
@@ -273,3 +288,34 @@ def test_display_prints_the_table(capsys):
     with FlopMode(model, display=True):
         model(torch.randn(1, 8))
     assert "convention: flop (FLOPs" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("result", [-5, 2.5, float("nan"), float("inf"), True, "12", None])
+def test_a_formula_result_that_is_not_a_count_is_a_formula_error(result):
+    x = torch.randn(3)
+    formulas = {torch.ops.aten.sin.default: lambda *args, out=None, **kwargs: result}
+    with pytest.warns(UserWarning, match="aten.sin"):
+        with FlopMode(formulas=formulas) as mode:
+            y = x.sin()
+    assert torch.equal(y, torch.sin(x))
+    assert mode.total() == 0
+    assert mode.unsupported_ops() == {"aten.sin": 1}
+    assert "non-negative integer" in mode.formula_errors()["aten.sin"]
+    with pytest.raises(FormulaError, match="aten.sin"):
+        with FlopMode(formulas=formulas, strict=True):
+            x.sin()
+
+
+def test_an_integral_float_result_is_that_count():
+    formulas = {torch.ops.aten.sin.default: lambda *args, out=None, **kwargs: 12.0}
+    with FlopMode(formulas=formulas) as mode:
+        torch.randn(3).sin()
+    assert mode.total() == 12 and type(mode.total()) is int
+
+
+def test_a_registered_formula_returning_a_negative_int_is_a_formula_error():
+    with pytest.warns(UserWarning, match="dctest.negative"):
+        with FlopMode() as mode:
+            torch.ops.dctest.negative(torch.randn(5))
+    assert mode.total() == 0
+    assert mode.formula_errors() == {"dctest.negative": "TypeError: a FLOP formula must return a non-negative integer, got -5"}

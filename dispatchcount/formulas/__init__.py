@@ -7,6 +7,7 @@ which the families are asked about an op none of them names explicitly.
 
 from dispatchcount.formulas import (  # noqa: F401  # noqa: F401
     attention,
+    communication,
     conv,
     fft,
     indexing,
@@ -20,6 +21,7 @@ from dispatchcount.formulas import (  # noqa: F401  # noqa: F401
     prim,
     products,
     quantization,
+    quantized,
     reduction,
     rnn,
     sorting,

@@ -15,6 +15,7 @@ from torch._ops import OpOverload
 from torch._subclasses.fake_tensor import FakeTensor
 from torch._subclasses.functional_tensor import FunctionalTensor
 
+from dispatchcount.formula_result import size_hint
 from dispatchcount.registry import Cost, register_resolver
 
 __all__ = [
@@ -45,6 +46,7 @@ __all__ = [
     "without_out_arguments",
     "result_tensor",
     "schema_arguments",
+    "size_hint",
 ]
 
 Tensor = torch.Tensor

@@ -14,13 +14,14 @@ from __future__ import annotations
 from math import log2
 from typing import Any
 
-from dispatchcount.formulas._helpers import Tensor, fixed, register_family, result_tensor
+from dispatchcount.formulas._helpers import Tensor, fixed, register_family, result_tensor, size_hint
 
 __all__ = ["fft_flops"]
 
 
 def fft_flops(n: int, real: bool) -> int:
     """Real FLOPs of one FFT of ``n`` points: 5 n log2 n (complex), 2.5 n log2 n (real)."""
+    n = size_hint(n)  # log2 of a symbolic size would add a guard
     if n <= 1:
         return 0
     flops = 5 * n * log2(n)

@@ -24,7 +24,7 @@ from typing import Any, Callable
 import torch
 from torch._ops import OpOverload
 
-from dispatchcount.formulas._helpers import Tensor, arg_reader, fixed, mul_factor, register_family
+from dispatchcount.formulas._helpers import Tensor, arg_reader, fixed, mul_factor, register_family, size_hint
 from dispatchcount.registry import register_formula
 
 __all__ = ["lu_flops", "qr_flops", "orgqr_flops", "svd_flops"]
@@ -38,7 +38,8 @@ def _batch(t: Tensor, matrix_dims: int = 2) -> int:
 
 
 def _mn(t: Tensor) -> tuple[int, int]:
-    return t.shape[-2], t.shape[-1]
+    # Size hints: the max/min of symbolic sizes in the formulas below would add guards.
+    return size_hint(t.shape[-2]), size_hint(t.shape[-1])
 
 
 def lu_flops(m: int, n: int) -> int:
@@ -165,7 +166,7 @@ def _geqrf(a, *args, out=None, **kwargs):
 
 def _householder_product(a, tau, *args, out=None, **kwargs):
     m, n = _mn(a)
-    return mul_factor(a) * _batch(a) * orgqr_flops(m, n, tau.shape[-1])
+    return mul_factor(a) * _batch(a) * orgqr_flops(m, n, size_hint(tau.shape[-1]))
 
 
 def _ormqr(op: OpOverload) -> Callable[..., int]:
@@ -174,7 +175,7 @@ def _ormqr(op: OpOverload) -> Callable[..., int]:
     def ormqr_flops(a, tau, c, *args, out=None, **kwargs):
         # Applying Q (k reflectors) to C (p x q): left 4pqk - 2qk^2, right 4pqk - 2pk^2.
         p, q = _mn(c)
-        k = tau.shape[-1]
+        k = size_hint(tau.shape[-1])
         left = read_left((a, tau, c) + args, kwargs)
         cost = 4 * p * q * k - 2 * (q if left else p) * k * k
         return mul_factor(c) * _batch(c) * max(0, cost)

@@ -27,7 +27,7 @@ import torch
 from torch._ops import OpOverload
 
 from dispatchcount.formulas._helpers import (Tensor, arg_reader, fixed, mul_factor, register_family,
-    result_tensor)
+    result_tensor, size_hint)
 
 __all__ = ["adaptive_window_sum", "INTERPOLATION_TAPS"]
 
@@ -109,8 +109,8 @@ def _adaptive_reads(inp: Tensor, out_shape: Any, ndim: int) -> int:
     lead = prod(inp.shape[:-ndim]) if inp.dim() > ndim else 1
     reads = lead
     for i in range(ndim):
-        in_size = int(inp.shape[inp.dim() - ndim + i])  # ints: cacheable (and SymInts specialize)
-        reads *= adaptive_window_sum(in_size, int(out_shape[len(out_shape) - ndim + i]))
+        in_size = size_hint(inp.shape[inp.dim() - ndim + i])  # ints: cacheable, and no guard
+        reads *= adaptive_window_sum(in_size, size_hint(out_shape[len(out_shape) - ndim + i]))
     return reads
 
 
@@ -167,6 +167,7 @@ _AA_SUPPORT = {"bilinear": 2, "bicubic": 4, "lanczos": 6}
 
 
 def _aa_taps(support: int, in_size: int, out_size: int) -> int:
+    in_size, out_size = size_hint(in_size), size_hint(out_size)
     return ceil(support * max(1.0, in_size / out_size)) if out_size else 0
 
 

@@ -15,6 +15,7 @@ from typing import Any, Callable
 import torch
 from torch._ops import OpOverload
 
+from dispatchcount.formula_result import IntegerWork
 from dispatchcount.formulas import matmul
 from dispatchcount.formulas._helpers import (
     Tensor,
@@ -104,8 +105,11 @@ def _weight_quantized_mm(self, mat2, *args, out=None, **kwargs):
 
 def _dyn_quant_matmul_4bit(inp, packed_weights, block_size, in_features, out_features, *args, out=None, **kwargs):
     # Activations are quantized to int8 per row (min/max 2, quantize 5 per element), then an
-    # integer GEMM (0 FLOPs); dequantizing the int32 results costs 2 per output element.
-    return dtype_factor(1, inp) * (7 * inp.numel() + 2 * result_tensor(out).numel())
+    # integer GEMM (0 FLOPs, recorded as int_ops); dequantizing the int32 results costs 2 per
+    # output element.
+    result = result_tensor(out)
+    flops = dtype_factor(1, inp) * (7 * inp.numel() + 2 * result.numel())
+    return IntegerWork(flops, 2 * result.numel() * in_features)
 
 
 def _mixed_dtypes_linear(input, weight, scale, *args, out=None, **kwargs):

@@ -14,7 +14,7 @@ from typing import Any, Callable
 
 from torch._ops import OpOverload
 
-from dispatchcount.formulas._helpers import Tensor, arg_reader, dtype_factor, fixed, register_family
+from dispatchcount.formulas._helpers import Tensor, arg_reader, dtype_factor, fixed, register_family, size_hint
 
 __all__ = ["sort_cost", "search_cost"]
 
@@ -24,6 +24,7 @@ def _f(*tensors: Any) -> int:
 
 
 def _log2ceil(x: int) -> int:
+    x = size_hint(x)  # a comparison or log2 of a symbolic size would add a guard
     return ceil(log2(x)) if x > 1 else 0
 
 

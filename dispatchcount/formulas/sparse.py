@@ -19,7 +19,7 @@ from torch._ops import OpOverload
 from dispatchcount.formulas._helpers import (Tensor, arg_reader, fixed, mul_factor, register_family,
     result_tensor)
 
-__all__ = ["stored_values"]
+__all__ = ["stored_values", "sparse_product_flops"]
 
 
 def stored_values(t: Tensor) -> int:
@@ -38,7 +38,20 @@ def _nnz(t: Tensor) -> int:
 
 def _sparse_dense_mm(sparse: Tensor, dense: Tensor) -> int:
     # One multiply-add per stored value of the sparse matrix and column of the dense one.
-    return mul_factor(sparse, dense) * 2 * _nnz(sparse) * dense.shape[-1]
+    return mul_factor(sparse, dense) * 2 * stored_values(sparse) * dense.shape[-1]
+
+
+def sparse_product_flops(a: Tensor, b: Tensor) -> int:
+    """FLOPs of the product ``a @ b`` (mm, addmm, bmm, mv ...) where ``a`` or ``b`` is sparse
+    (COO, CSR, CSC, BSR, BSC): one multiply-add per stored value of the sparse operand and
+    column (a @ dense) or row (dense @ b) of the dense one; sparse x sparse as
+    ``_sparse_sparse_matmul``."""
+    if a.layout == torch.strided:  # dense (..., m, k) @ sparse (k, n): each value meets m rows
+        rows = a.shape[-2] if a.dim() > 1 else 1
+        return mul_factor(a, b) * 2 * stored_values(b) * rows
+    if b.layout == torch.strided:
+        return mul_factor(a, b) * 2 * stored_values(a) * (b.shape[-1] if b.dim() > 1 else 1)
+    return _sparse_sparse_matmul(a, b)
 
 
 def _sparse_addmm(self, mat1, mat2, *args, out=None, **kwargs):

@@ -50,12 +50,14 @@ from typing import Any, Callable, Iterator, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
+import torch.utils._pytree as pytree
 from torch import nn
 from torch._ops import OpOverload
 from torch.nn.modules.module import register_module_forward_hook, register_module_forward_pre_hook
 from torch.overrides import TorchFunctionMode
 
 from dispatchcount.dispatch import CountingDispatch
+from dispatchcount.subclasses import subclass_runs
 from dispatchcount.formulas._helpers import bind
 from dispatchcount.fvcore.handles import KeyedHandle, handle_key
 from dispatchcount.registry import UNSUPPORTED, resolve
@@ -216,6 +218,9 @@ def _attention_without_weights(args, kwargs) -> bool:
     except TypeError:
         return False
     return not bound.arguments.get("need_weights", True)
+def _on_subclass(values: Any) -> bool:
+    types = {type(t) for t in pytree.tree_leaves(values) if isinstance(t, torch.Tensor) and type(t) is not torch.Tensor}
+    return bool(types) and subclass_runs(tuple(types))
 
 
 class FvcoreFunctionMode(TorchFunctionMode):
@@ -238,6 +243,8 @@ class FvcoreFunctionMode(TorchFunctionMode):
                     return func(*args, **kwargs)
             return func(*args, **kwargs)
         op, op_args = call
+        if _on_subclass(op_args):  # DTensor, NestedTensor ...: counted at dispatch, on the tensors they hold
+            return func(*args, **kwargs)
         rule = self._counter.composite_rule(op)
         if rule is None:
             return func(*args, **kwargs)
@@ -407,4 +414,4 @@ class _Fixed:
         self.count = count
 
     def __call__(self, *args: Any, out: Any = None, **kwargs: Any) -> Any:
-        return self.count
+        return int(self.count)  # fvcore handles may return fractions: truncated per call, as documented

@@ -44,6 +44,7 @@ from dispatchcount.formulas._helpers import argument as _arg
 from dispatchcount.formulas._helpers import attention_backward_macs, attention_macs, base_name, conv_macs
 from dispatchcount.formulas.zero import zero_names
 from dispatchcount.fvcore import beyond
+from dispatchcount.formulas.quantized import FLOAT_PRODUCTS as _QUANTIZED_FLOAT_PRODUCTS
 from dispatchcount.fvcore.einsum import fvcore_einsum_macs
 from dispatchcount.records import op_name
 from dispatchcount.registry import ZERO, register_formula, register_resolver
@@ -429,7 +430,7 @@ BEYOND_FVCORE: frozenset[str] = frozenset(
               aten._native_multi_head_attention, aten._transformer_encoder_layer_fwd,
               *_ops("_flash_attention_forward", "_efficient_attention_forward",
                     "_flash_attention_backward", "_efficient_attention_backward")]
-) | beyond.BEYOND
+) | beyond.BEYOND | frozenset(_QUANTIZED_FLOAT_PRODUCTS)
 """Operator names (as in ``by_operator()``) that fvcore has no handle for but that are counted
 under ``convention="fvcore"`` because they are matmul-like work: fvcore's total lacks them."""
 

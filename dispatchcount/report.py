@@ -10,7 +10,7 @@ import inspect
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Optional
 
-from dispatchcount.records import BYTES_READ, BYTES_WRITTEN, FLOPS, FORWARD, RECOMPUTE, SECONDS, Counts, Row
+from dispatchcount.records import BYTES_READ, BYTES_WRITTEN, CALLS, FLOPS, FORWARD, RECOMPUTE, SECONDS, Counts, Row
 
 if TYPE_CHECKING:
     from dispatchcount.roofline import Roofline
@@ -149,9 +149,8 @@ class Column:
 
 
 def _recorded(row: Row) -> float:
-    """Anything a row recorded besides calls (it decides which lines are shown)."""
-    values = row.values
-    return values[FLOPS] + values[BYTES_READ] + values[BYTES_WRITTEN] + values[SECONDS]
+    """Anything a row recorded besides calls, every slot (it decides which lines are shown)."""
+    return sum(row.values) - row.values[CALLS]
 
 
 def _lines(counts: Counts, depth: Optional[int], activity: Tally, flops: Optional[Tally]) -> Iterator[Line]:

@@ -141,6 +141,7 @@ class FlopMode:
             restore()
         if exc_type is None:
             self._warn_uncounted()
+            self._warn_model_never_ran()
             if self.display:
                 print(self.table())
 
@@ -178,6 +179,34 @@ class FlopMode:
             + ". See FlopMode.unsupported_ops(); register a rule with dispatchcount.register_formula.",
             stacklevel=3,
         )
+
+    def _warn_model_never_ran(self) -> None:
+        if self.model is None or "" in self._tracker.calls:
+            return
+        calls = self._tracker.calls
+        if any(name in calls for _, name in self._modules.values()):
+            return  # part of the model ran (a backbone called alone): the tables say so
+        warnings.warn(
+            f"dispatchcount: no module of the model given to FlopMode ({type(self.model).__name__}) "
+            "ran inside the block: the counts are of what ran, not of that model",
+            stacklevel=3,
+        )
+
+    def run_backward(self, output: Any) -> None:
+        """Run, inside this FlopMode's block, the backward of the sum of ``output``'s floating
+        (or complex) tensors that require grad: ``torch.autograd.backward`` seeded with ones,
+        the seeds made uncounted, so that only the model's backward is counted (what
+        ``sum(t.sum() for t in outputs).backward()`` differentiates, without counting the sums).
+        A ValueError when no output requires grad."""
+        tensors = [t for t in torch.utils._pytree.tree_leaves(output)
+                   if isinstance(t, torch.Tensor) and t.requires_grad and (t.is_floating_point() or t.is_complex())]
+        if not tensors:
+            raise ValueError("no floating-point output of the model requires grad "
+                             "(is it run under torch.no_grad(), or are all its parameters frozen?)")
+        suspended = self._hook.counting_suspended() if self._hook is not None else contextlib.nullcontext()
+        with suspended:
+            seeds = [torch.ones_like(t) for t in tensors]
+        torch.autograd.backward(tensors, seeds)
 
     # -- the snapshot ----------------------------------------------------------------------
 
@@ -336,11 +365,15 @@ class FlopMode:
 
         return achieved(self.counts(), device)
 
-    def table(self, depth: int = 3, device: Union[None, str, "DeviceSpec"] = None) -> str:
-        """A table by module: parameters, forward, backward and total FLOPs, share of the total;
-        with bytes and time recorded, their columns; with ``device``, intensity, estimated
-        time and bound."""
-        return report.table(self.counts(), depth, self._estimate(device))
+    def table(self, depth: Optional[int] = 3, device: Union[None, str, "DeviceSpec"] = None, *,
+              classes: bool = False, operators: bool = False) -> str:
+        """A table by module up to ``depth`` (None: all): parameters, forward, backward and
+        total in the convention's unit, share of the total, and a "(self)" line where a module
+        ran ops outside its children; with bytes and time recorded, their columns; with
+        ``device``, intensity, estimated time and bound. ``classes``: each module's class;
+        ``operators``: one line per operator (see :func:`dispatchcount.report.table`).
+        Inside the ``with`` block the table says its counts are partial."""
+        return report.table(self.counts(), depth, self._estimate(device), classes=classes, operators=operators)
 
     def to_dict(self, device: Union[None, str, "DeviceSpec"] = None) -> dict[str, Any]:
         """Everything above as a JSON-serializable dict (with ``device``, the roofline too)."""
@@ -363,12 +396,19 @@ def count_flops(
     *inputs: Any,
     convention: str = "flop",
     strict: bool = False,
+    backward: bool = False,
     **model_kwargs: Any,
 ) -> FlopMode:
-    """Run ``model(*inputs, **model_kwargs)`` under a FlopMode and return the FlopMode."""
+    """Run ``model(*inputs, **model_kwargs)`` under a FlopMode and return the FlopMode.
+
+    ``backward=True``: then the backward of the sum of the floating outputs that require grad
+    (:meth:`FlopMode.run_backward`), counted in the backward phase; gradients accumulate in
+    the parameters' ``.grad`` as after ``loss.backward()``."""
     if not callable(model):
         raise TypeError(f"model must be a torch.nn.Module or a callable, got {type(model).__name__}")
     named = model if isinstance(model, torch.nn.Module) else None
     with FlopMode(named, convention=convention, strict=strict) as mode:
-        model(*inputs, **model_kwargs)
+        output = model(*inputs, **model_kwargs)
+        if backward:
+            mode.run_backward(output)
     return mode

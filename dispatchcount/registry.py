@@ -314,7 +314,7 @@ CONVENTIONS: dict[str, Convention] = {
         ),
         Convention(
             "fvcore",
-            unit="fvcore flops (multiply-adds)",
+            unit="MACs",  # fvcore's "flop" is one multiply-add
             description="fvcore's FlopCountAnalysis rules: a multiply-add is 1 flop, elementwise ops are free",
             rule_modules=("dispatchcount.formulas", "dispatchcount.fvcore.rules"),
             hook="dispatchcount.fvcore.hook:FvcoreDispatch",

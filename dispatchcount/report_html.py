@@ -50,7 +50,7 @@ _CONVENTIONS = {
     "flop": ("FLOPs", "a multiply-add is 2 FLOPs; matmul, convolution and attention as "
              "torch.utils.flop_counter.FlopCounterMode, every other floating-point op by the "
              "conventions table"),
-    "fvcore": ("flops (fvcore)", "fvcore's rules: a multiply-add is 1 flop, elementwise ops are "
+    "fvcore": ("MACs", "fvcore's rules: a multiply-add is 1 (fvcore's flop), elementwise ops are "
                "free; totals reproduce fvcore.nn.FlopCountAnalysis and published GFLOPs"),
 }
 

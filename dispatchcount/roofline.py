@@ -165,12 +165,13 @@ class Roofline:
         moved = self.counts.by_module(phase, metric="bytes")
         return {name: flops.get(name, 0) / b for name, b in moved.items() if b}
 
-    def table(self, depth: int = 3) -> str:
-        """Module tree with FLOPs, bytes, intensity, estimated time, bound and share of time
-        (and the measured time and its share of the roofline, when time was recorded)."""
+    def table(self, depth: Optional[int] = 3, *, operators: bool = False) -> str:
+        """Module tree (None: every module) with FLOPs, bytes, intensity, estimated time, bound
+        and share of time (and the measured time and its share of the roofline, when time was
+        recorded); ``operators``: a line per operator (see ``dispatchcount.report.table``)."""
         from dispatchcount import report
 
-        return report.roofline_table(self, depth)
+        return report.roofline_table(self, depth, operators=operators)
 
     def device_summary(self) -> dict[str, Any]:
         """{name, peak_flops, peak_dtype, bandwidth, peaks}: ``peak_flops`` is the dense tensor

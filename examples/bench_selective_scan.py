@@ -43,6 +43,10 @@ CPU_SHAPES = {  # small enough for the default CPU run to take well under a minu
     "VMamba-T stage 1 @ 32px": (1, 768, 64, 16, 4, True, False, True, True),
     "Mamba LM layer, L 256": (1, 768, 256, 16, 1, True, True, True, True),
 }
+CPU_TINY_SHAPES = {  # --tiny: every code path of the CPU run in a few seconds (the smoke test)
+    "VMamba-T-like, L 16": (1, 64, 16, 16, 4, True, False, True, True),
+    "Mamba-like, L 32": (1, 64, 32, 16, 1, True, True, True, True),
+}
 # (memory bandwidth TB/s, FP32 non-tensor TFLOP/s) by device name
 PEAKS = {"H200": (4.8, 67.0), "H100": (3.35, 67.0), "A100": (2.0, 19.5), "L40S": (0.864, 91.6)}
 
@@ -200,8 +204,9 @@ def bench_cpu(args):
 
     print(f"CPU ({torch.get_num_threads()} threads), torch {torch.__version__}: the op's PyTorch "
           "kernel against a naive per-step loop (fp32)", flush=True)
-    rows, total, started = [], len(CPU_SHAPES) * 2, time.perf_counter()
-    for shape_name, shape in CPU_SHAPES.items():
+    shapes = CPU_TINY_SHAPES if args.tiny else CPU_SHAPES
+    rows, total, started = [], len(shapes) * 2, time.perf_counter()
+    for shape_name, shape in shapes.items():
         softplus = shape[-1]
         for backward in (False, True):
             inputs = make_inputs(shape, torch.float32, "cpu", requires_grad=backward)
@@ -340,6 +345,7 @@ def main(argv=None):
     parser.add_argument("--rep", type=int, default=100, help="do_bench repetitions, ms")
     parser.add_argument("--no-reference", action="store_true", help="skip the PyTorch-kernel timing")
     parser.add_argument("--cpu-repeat", type=int, default=3)
+    parser.add_argument("--tiny", action="store_true", help="CPU: tiny shapes (checks that it runs, times nothing real)")
     args = parser.parse_args(argv)
     if args.sass:
         sass_report(args)

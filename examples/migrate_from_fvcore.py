@@ -1,6 +1,6 @@
 """Move from fvcore's FlopCountAnalysis to dispatchcount: the same numbers, side by side.
 
-Run from the repository root:  python examples/migrate_from_fvcore.py
+Run from the repository root:  python examples/migrate_from_fvcore.py [--image 64]
 
 The change in your code is one import:
 
@@ -22,6 +22,7 @@ every module's count and the operators each leaves uncounted ("unsupported"):
 
 from __future__ import annotations
 
+import argparse
 import logging
 import sys
 import warnings
@@ -121,7 +122,10 @@ def compare(title: str, model: nn.Module, inputs: tuple, handles: dict | None = 
     return ours, theirs
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="fvcore and dispatchcount side by side")
+    parser.add_argument("--image", type=int, default=64, help="VMamba's image size (a multiple of 32; default 64)")
+    size = parser.parse_args(argv).image
     logging.getLogger("fvcore").setLevel(logging.ERROR)
     logging.getLogger("dispatchcount").setLevel(logging.ERROR)
     torch.manual_seed(0)
@@ -140,9 +144,9 @@ def main() -> None:
         print(f"with activations, the same text as fvcore's: {mine == theirs_table}")
 
     vmamba = vmamba_tiny_v0(num_classes=10).eval()
-    image = torch.randn(1, 3, 64, 64)
+    image = torch.randn(1, 3, size, size)
     result = compare(
-        "Vanilla-VMamba-T, 1x3x64x64, fvcore given a hand-written JIT handle for the scan",
+        f"Vanilla-VMamba-T, 1x3x{size}x{size}, fvcore given a hand-written JIT handle for the scan",
         vmamba, (image,), {"dispatchcount::selective_scan": selective_scan_jit_handle},
     )
     if result:

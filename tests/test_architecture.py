@@ -215,3 +215,12 @@ def test_reports_are_rendered_from_a_snapshot():
     assert report.to_dict(counts) == fm.to_dict()
     assert counts.total() == 2 * 4 * 3 * 2  # addmm: 4x3 @ 3x2
 
+
+
+def test_every_subpackage_is_installed():
+    """pyproject's explicit package list names every folder of the package (a wheel or a
+    non-editable install leaves out the ones it misses: dispatchcount.fvcore once was)."""
+    tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
+    config = tomllib.loads((PACKAGE.parent / "pyproject.toml").read_text())["tool"]["setuptools"]
+    folders = {".".join(p.parent.relative_to(PACKAGE.parent).parts) for p in PACKAGE.rglob("__init__.py")}
+    assert folders <= set(config["packages"]), folders - set(config["packages"])

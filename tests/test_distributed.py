@@ -315,8 +315,11 @@ def test_merge_sums_rows_and_keeps_names_only_some_ranks_saw():
     assert merged.uncalled == {""}  # b ran on one rank: called
     assert merged.unsupported == {"dctest.uncounted": 2}
     assert merged.extras["ranks"] == 2
-    root_row = report.table(merged, 1).splitlines()[3].split()  # module, params, forward, %
-    assert root_row[:3] == ["model", "40", report.human(3 * linear)]
+    lines = report.table(merged, 1).splitlines()
+    # only a and b were called, on either rank: the root is everything counted, and says so
+    assert lines[1].startswith("warning: the model given to FlopMode never ran its forward")
+    root_row = lines[4].split()  # module, params, forward, %
+    assert root_row[:3] == ["(all)", "40", report.human(3 * linear)]
     with FlopMode(convention="fvcore") as other:
         pass
     with pytest.raises(ValueError, match="different conventions"):

@@ -212,12 +212,12 @@ def test_drop_path_rejects_bad_probability():
 def test_real_forward_backward_on_cpu_is_unchanged_by_counting(builder):
     torch.manual_seed(0)
     model = builder(num_classes=10).eval()
-    x = torch.randn(2, 3, 32, 32)
+    x = torch.randn(1, 3, 32, 32)  # the smallest image of four stages; the kernels' tests cover batches
     reference = model(x)
     with FlopMode(model) as fm:
         out = model(x)
         out.square().mean().backward()
-    assert out.shape == (2, 10)
+    assert out.shape == (1, 10)
     assert torch.equal(out, reference)
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
     assert fm.total(phase="backward") > fm.total(phase="forward") > 0

@@ -270,20 +270,24 @@ def test_reports_table_and_json():
     assert data["forward"] + data["backward"] == data["total"]
     assert data["modules"]["fc1"]["params"] == 8 * 16
     assert data["by_module"]["fc2"] == mode.by_module()["fc2"]
-    table = mode.table(depth=1)
-    lines = table.splitlines()
-    assert lines[0] == "convention: flop"
-    assert "backward" in lines[1] and "%" in lines[1]
-    assert any(line.lstrip().startswith("fc1") for line in lines)
-    assert any(line.startswith("model") and "100.0%" in line for line in lines)
-    assert not any(line.lstrip().startswith("fc1.") for line in lines)
+    # forward: fc1 2*5*8*16 = 1280, fc2 2*5*16*4 = 640, the loss's sum 20 (the root's own);
+    # backward: fc2's input and weight gradients 640 + 640, fc1's weight gradient 1280.
+    lines = mode.table(depth=1).splitlines()
+    assert lines[0] == "convention: flop (FLOPs: a multiply-add is 2)"
+    assert lines[1].split() == ["module", "params", "forward", "FLOPs", "backward", "FLOPs", "total", "FLOPs", "%"]
+    assert [line.split() for line in lines[3:]] == [
+        ["model", "192", "1.94K", "2.56K", "4.5K", "100.0%"],
+        ["(self)", "20", "0", "20", "0.4%"],
+        ["fc1", "128", "1.28K", "1.28K", "2.56K", "56.9%"],
+        ["fc2", "64", "640", "1.28K", "1.92K", "42.7%"],
+    ]
 
 
 def test_display_prints_the_table(capsys):
     model = Mlp()
     with FlopMode(model, display=True):
         model(torch.randn(1, 8))
-    assert "convention: flop" in capsys.readouterr().out
+    assert "convention: flop (FLOPs" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("result", [-5, 2.5, float("nan"), float("inf"), True, "12", None])

@@ -93,7 +93,7 @@ def test_optional_keys_are_shown_when_present():
         entry.update({"class": "Block", "bytes": {"forward": 10, "backward": 20}, "estimated_seconds": 1e-3,
                       "bound": "memory"})
     page = render_html(data)
-    assert "fvcore&#x27;s rules: a multiply-add is 1 flop" in page
+    assert "fvcore&#x27;s rules: a multiply-add is 1 (fvcore&#x27;s flop)" in page and "<small>MACs</small>" in page
     assert "recorded metrics: flops, bytes, seconds" in page
     assert re.findall(r'name="dc-metric" value="(\w+)"', page) == ["flops", "bytes", "estimated_seconds"]
     assert 'name="dc-colour" value="bound"' in page

@@ -26,7 +26,8 @@ def test_by_section_and_the_table_columns():
         m(torch.randn(2, 4))  # outside any section
     assert fm.by_section() == {None: per_rows(2), "prefill": per_rows(3), "decode": per_rows(1)}
     lines = fm.table().splitlines()
-    assert lines[1].split() == ["module", "#params", "forward", "prefill", "decode", "(no", "section)", "%"]
+    assert lines[1].split() == ["module", "params", "forward", "FLOPs", "prefill", "FLOPs", "decode", "FLOPs",
+                                "(no", "section)", "FLOPs", "%"]
     assert lines[3].split() == ["model", "30", str(per_rows(6)), str(per_rows(3)), str(per_rows(1)), str(per_rows(2)), "100.0%"]
     assert lines[4].split()[:3] + lines[4].split()[3:6] == ["0", "20", str(32 * 6), str(32 * 3), str(32 * 1), str(32 * 2)]
     assert fm.to_dict()["sections"] == {"": per_rows(2), "prefill": per_rows(3), "decode": per_rows(1)}
@@ -57,6 +58,6 @@ def test_many_sections_get_a_table_of_their_own_and_stay_small():
     module_table, section_table = text.split("\n\n")
     assert "token 0" not in module_table
     rows = section_table.splitlines()
-    assert rows[0].split() == ["section", "forward", "backward", "total", "%"]
+    assert rows[0].split() == ["section", "forward", "FLOPs", "backward", "FLOPs", "total", "FLOPs", "%"]
     assert rows[2].split() == ["token", "0", str(per_rows(1)), "0", str(per_rows(1)), "2.5%"]
     assert len(rows) == 2 + 40

@@ -161,13 +161,19 @@ class _BackwardOfCall:
         """Hook every node the call created (sequence numbers in [start, end)) reachable from ``root``."""
         root.register_prehook(self._charge_and_suspend)
         root.register_hook(self._resume)
-        seen = {id(root)}
+        # Nodes are told apart by sequence number: unique among those one thread creates in
+        # [start, end). (Not by id(): before torch 2.13 a node's Python wrapper is made anew each
+        # time it is reached and freed after, so two nodes can share an id.)
+        seen = {root._sequence_nr()}
         pending = [f for f, _ in root.next_functions]
         while pending:
             node = pending.pop()
-            if node is None or id(node) in seen or not start <= node._sequence_nr() < end:
+            if node is None:
                 continue
-            seen.add(id(node))
+            seq = node._sequence_nr()
+            if seq in seen or not start <= seq < end:
+                continue
+            seen.add(seq)
             node.register_prehook(self._suspend)
             node.register_hook(self._resume)
             pending.extend(f for f, _ in node.next_functions)

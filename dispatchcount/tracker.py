@@ -475,16 +475,20 @@ class ModuleTracker:
 
     def _disown(self, output: Any, start: int, end: int, inputs: list[Any]) -> None:
         """Mark the nodes a call on another thread created, reachable from its output."""
-        stop = {id(node) for node in inputs}
+        # Nodes are told apart by sequence number, unique among those one thread creates in
+        # [start, end): before torch 2.13 a node's Python wrapper is made anew each time it is
+        # reached and freed after, so id() can be shared by two nodes.
+        stop = {id(node) for node in inputs}  # the call's inputs' nodes, kept alive in ``inputs``
         pending = [t.grad_fn for t in _tensors_in(output) if t.grad_fn is not None]
         seen: set[int] = set()
         while pending:
             node = pending.pop()
-            if node is None or id(node) in seen or id(node) in stop:
+            if node is None:
                 continue
-            seen.add(id(node))
-            if not start <= node._sequence_nr() < end:
+            seq = node._sequence_nr()
+            if seq in seen or id(node) in stop or not start <= seq < end:
                 continue
+            seen.add(seq)
             node.metadata[self._other_thread_key] = True
             self._other_graphs = True
             pending.extend(next_node for next_node, _ in node.next_functions)

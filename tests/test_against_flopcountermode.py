@@ -219,5 +219,7 @@ def test_flex_attention_formulas_equal_fcm():
     assert forward(q, k, v, None, None) == 2 * by_hand + 6 * scores
     assert backward(q, k, v, q, q, q, None) == 5 * by_hand + 5 * scores
     fcm = flop_counter.flop_registry
+    if flex_attention not in fcm:  # older FlopCounterModes have no flex_attention entry
+        pytest.skip(f"torch {torch.__version__}'s FlopCounterMode has no flex_attention entry to compare with")
     assert fcm[flex_attention](q, k, v) == 2 * by_hand
     assert fcm[flex_attention_backward](q, k, v, q, q, q, None) == 5 * by_hand

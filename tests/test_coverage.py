@@ -161,9 +161,15 @@ def test_family_tables_name_real_ops(module: str) -> None:
     assert not missing, f"{module}: no aten op named {missing}"
 
 
+# Ops that zero.py reviews and that PyTorch releases older than 2.13 lack (the GPU machine runs 2.11).
+_NEWER_THAN_2_11 = {"_philox_key_split", "_philox_key_fold_in", "_philox_uniform", "_philox_normal", "_foreach_clone"}
+
+
 def test_zero_lists_name_real_ops_and_no_op_is_both_zero_and_counted() -> None:
     names = zero.zero_names()
     missing = [n for n in names if not (hasattr(torch.ops.aten, n) or hasattr(torch.ops.aten, n + "_"))]
+    if torch.__version__ < "2.13":
+        missing = [n for n in missing if n not in _NEWER_THAN_2_11]
     assert not missing, f"zero.py names unknown ops: {missing}"
     counted = set()
     for module in FAMILY_MODULES:

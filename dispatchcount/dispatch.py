@@ -119,22 +119,22 @@ class CountingDispatch(TorchDispatchMode):
         return quiet
 
     def __torch_dispatch__(self, func: Any, types: Any, args: tuple = (), kwargs: Optional[dict] = None) -> Any:
-        if kwargs is None:
-            kwargs = {}
         if types:  # tensor subclasses (plain tensors never appear in types): dispatchcount.subclasses
             if subclass_runs(types):
                 return NotImplemented  # it runs the op; the ops it runs on its tensors come back here
             if propagating():  # DTensor's sharding propagation on fake tensors: not the program's compute
-                return func(*args, **kwargs)
+                return func(*args, **(kwargs or {}))
         rule = self.rules.get(id(func))
         if rule is None:
             rule = self.resolve(func)
-        if rule is ZERO:
+        if rule is ZERO:  # most ops (views, metadata): run them, nothing else
             if not self.meters:
-                return func(*args, **kwargs)
+                return func(*args, **kwargs) if kwargs else func(*args)
             quiet = self.quiet.get(id(func))
             if quiet or (quiet is None and self.is_quiet(func)):
-                return func(*args, **kwargs)
+                return func(*args, **kwargs) if kwargs else func(*args)
+        if kwargs is None:
+            kwargs = {}
         if rule is DECOMPOSE:
             if has_nested(args):  # C++ nested tensors run their own kernel, not the composite
                 return self.run_nested(func, args, kwargs)
@@ -206,8 +206,9 @@ class CountingDispatch(TorchDispatchMode):
         slots[1] += 1
         if sent:
             slots[COMM_BYTES] += sent
-        for meter in self.meters:
-            meter(slots, func, args, kwargs, out)
+        if self.meters:
+            for meter in self.meters:
+                meter(slots, func, args, kwargs, out)
 
     def run_nested(self, func: Any, args: tuple, kwargs: dict) -> Any:
         """Run an op without a rule of its own on C++ nested tensors as a plain run does (their

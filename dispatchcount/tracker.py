@@ -51,17 +51,25 @@ _REENTRANT_CHECKPOINT = "CheckpointFunctionBackward"
 class Frame:
     """A module call path. ``names`` holds each distinct qualified name on it, innermost last."""
 
-    __slots__ = ("name", "names", "parent", "children", "__weakref__")
+    __slots__ = ("name", "_names", "parent", "children", "__weakref__")
 
     def __init__(self, name: str, parent: Optional["Frame"]) -> None:
         self.name = name
         self.parent = parent
-        names = list(parent.names) if parent is not None else []
-        for enclosing in _enclosing_names(parent.name if parent is not None else None, name):
-            if enclosing not in names:
-                names.append(enclosing)
-        self.names: tuple[str, ...] = tuple(names)
+        self._names: Optional[tuple[str, ...]] = None  # worked out when a report first asks
         self.children: dict[str, Frame] = {}
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        names = self._names
+        if names is None:
+            parent = self.parent
+            path = list(parent.names) if parent is not None else []
+            for enclosing in _enclosing_names(parent.name if parent is not None else None, self.name):
+                if enclosing not in path:
+                    path.append(enclosing)
+            names = self._names = tuple(path)
+        return names
 
     def child(self, name: str) -> "Frame":
         frame = self.children.get(name)

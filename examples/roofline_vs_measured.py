@@ -3,7 +3,7 @@ and backward, counted with ``FlopMode(metrics=("flops", "bytes", "time"))``.
 
     python examples/roofline_vs_measured.py                      # CUDA: bf16, the sizes below
     python examples/roofline_vs_measured.py --device-spec h100-sxm --timer sync
-    python examples/roofline_vs_measured.py --tiny --device cpu  # a smoke test of the CPU path
+    python examples/roofline_vs_measured.py --device cpu         # tiny sizes: a smoke test of the CPU path
 
 Sizes: the Llama block has Llama-7B's shapes (d 4096, 32 heads, MLP 11008) on batch 8 x 2048
 tokens; ViT-B/16 (d 768, 12 layers, 12 heads, MLP 3072) on 64 images of 224x224. Each model is
@@ -208,7 +208,8 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--device-spec", default="h200", choices=sorted(devices))
     parser.add_argument("--models", default="llama,vit", help="comma-separated: llama, vit")
-    parser.add_argument("--tiny", action="store_true", help="tiny sizes (the CPU smoke test)")
+    parser.add_argument("--tiny", action="store_true", help="tiny sizes (the CPU smoke test; the default on CPU)")
+    parser.add_argument("--full", action="store_true", help="the full sizes even on CPU (tens of minutes)")
     parser.add_argument("--timer", default="events", choices=("events", "sync"), help="CUDA timing (see meters.OpTimer)")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=5)
@@ -221,6 +222,9 @@ def main() -> None:
         parser.error("--device cuda: no CUDA device; use --device cpu (with --tiny)")
     if args.device == "cuda":
         print(f"GPU: {torch.cuda.get_device_name()}, torch {torch.__version__}")
+    elif not (args.tiny or args.full):
+        args.tiny = True
+        print("no GPU: tiny sizes (the full ones take tens of minutes on CPU; --full to run them)", flush=True)
     results = [compare(name, sizes(args.tiny)[name], args) for name in args.models.split(",")]
     if args.json:
         args.json.write_text(json.dumps(results, indent=1))

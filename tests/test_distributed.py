@@ -292,7 +292,7 @@ class Pair(nn.Module):
         self.b = nn.Linear(4, 4)
 
 
-@torch.library.custom_op("dctest::uncounted", mutates_args=())
+@torch.library.custom_op("dctest_dist::uncounted", mutates_args=())
 def _uncounted(x: torch.Tensor) -> torch.Tensor:
     return x.clone()
 
@@ -301,11 +301,11 @@ def test_merge_sums_rows_and_keeps_names_only_some_ranks_saw():
     model = Pair()
     with FlopMode(model) as zero:
         model.a(torch.randn(2, 4))
-        torch.ops.dctest.uncounted(torch.randn(3))
+        torch.ops.dctest_dist.uncounted(torch.randn(3))
     with FlopMode(model) as one:
         model.a(torch.randn(2, 4))
         model.b(torch.randn(2, 4))
-        torch.ops.dctest.uncounted(torch.randn(3))
+        torch.ops.dctest_dist.uncounted(torch.randn(3))
     merged = merge([zero.counts(), one.counts()])
     linear = 2 * 2 * 4 * 4  # addmm of 2 rows
     assert merged.by_module() == {"": 3 * linear, "a": 2 * linear, "b": linear}
@@ -313,7 +313,7 @@ def test_merge_sums_rows_and_keeps_names_only_some_ranks_saw():
     assert merged.calls == {"a": 2, "b": 1}
     assert merged.params == {"": 40, "a": 20, "b": 20}  # not summed: every rank holds the model
     assert merged.uncalled == {""}  # b ran on one rank: called
-    assert merged.unsupported == {"dctest.uncounted": 2}
+    assert merged.unsupported == {"dctest_dist.uncounted": 2}
     assert merged.extras["ranks"] == 2
     lines = report.table(merged, 1).splitlines()
     # only a and b were called, on either rank: the root is everything counted, and says so

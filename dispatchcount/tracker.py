@@ -209,10 +209,6 @@ class _CallStack:
         self.open: Optional[_Segment] = None  # the segment of the outermost call in progress
         self.top = base
 
-    def push(self, module: torch.nn.Module, frame: Frame) -> None:
-        self.entries.append((module, frame))
-        self.top = frame
-
     def pop_to(self, module: torch.nn.Module) -> None:
         """Pop calls down to and including ``module``'s (also those an exception cut short)."""
         entries = self.entries
@@ -350,32 +346,42 @@ class ModuleTracker:
             stack = self._recompute
             if type(node).__name__ == _REENTRANT_CHECKPOINT:
                 self._begin_checkpoint(node, node._sequence_nr())
-        name = self.name_of(module, stack)
+        # Runs for every module call: the common cases of name_of, push and mark are inline.
+        known = self._model_modules.get(id(module))
+        name = known[1] if known is not None and known[0] is module else self.name_of(module, stack)
         top = stack.top
         frame = top.children.get(name) or top.child(name)
-        stack.push(module, frame)
+        stack.entries.append((module, frame))
+        stack.top = frame
         if stack is self._forward:
             self.current = frame
             self.calls[name] = self.calls.get(name, 0) + 1
         seq = _next_sequence_nr()
-        if stack.open is None:
+        segment = stack.open
+        if segment is None:
             self._open(stack, seq, frame)
+        elif segment.seqs[-1] == seq:  # no node was created since the last change
+            segment.frames[-1] = frame
         else:
-            stack.open.mark(seq, frame)
+            segment.mark(seq, frame)
 
     def _post_hook(self, module: torch.nn.Module, args: Any, output: Any) -> None:
         if _get_ident() != self._thread:
             self._other_thread_post_hook(module, output)
             return
+        stack = self._forward
+        entries = stack.entries
         if self._recompute.entries and self._recompute.holds(module):
             stack = self._recompute
-        elif self._forward.holds(module):
-            stack = self._forward
+            stack.pop_to(module)
+        elif entries and entries[-1][0] is module:  # the common case: the innermost call returns
+            entries.pop()
+            stack.top = self.current = entries[-1][1] if entries else stack.base
+        elif stack.holds(module):
+            stack.pop_to(module)
+            self.current = stack.top
         else:
             return
-        stack.pop_to(module)
-        if stack is self._forward:
-            self.current = stack.top
         segment = stack.open
         if segment is None:
             return

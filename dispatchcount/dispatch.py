@@ -30,6 +30,11 @@ __all__ = ["CountingDispatch", "as_count", "leave"]
 _current_node = torch._C._current_autograd_node
 _grad_enabled = torch.is_grad_enabled
 _COMPOSITE_IMPLICIT = torch._C.DispatchKey.CompositeImplicitAutograd
+_COMPOSITE_EXPLICIT = torch._C.DispatchKey.CompositeExplicitAutograd
+# Control-flow operators whose eager kernel calls their body functions: run under the hook,
+# each iteration's ops are counted (what runs, as for cond's branch taken). Not scan and
+# associative_scan: their eager kernels assert that no dispatch mode is active.
+_LOOPS = tuple(op for op in (getattr(torch.ops.higher_order, name, None) for name in ("while_loop", "map_impl")) if op)
 _Tensor = torch.Tensor
 # The dtypes FLOPs are computed in; a result in any other (bool, integer) with FLOPs > 0 comes
 # from arithmetic on its floating-point operands (comparisons, argmax, searchsorted ...).
@@ -244,6 +249,9 @@ class CountingDispatch(TorchDispatchMode):
             subgraph, _, *operands = args
             with self:
                 return subgraph(*operands)
+        if func in _LOOPS:  # run eagerly: PyTorch's own eager kernel, its body's ops counted as they run
+            with self:
+                return func.dispatch(_COMPOSITE_EXPLICIT, *args, **kwargs)
         self.problems.no_rule(func)
         return func(*args, **kwargs)
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 from torch.nn.modules import module as module_globals
-from torch.utils._python_dispatch import _get_current_dispatch_mode_stack
+from torch.utils._python_dispatch import TorchDispatchMode, _get_current_dispatch_mode_stack
 from torch.utils.checkpoint import checkpoint
 
 import dispatchcount
@@ -209,6 +209,55 @@ def test_cond_counts_the_branch_taken():
     with FlopMode() as mode:
         torch.cond(x.sum() < 0, lambda v: v @ w, lambda v: (v @ w) @ w, (x,))
     assert mode.by_operator()["aten.mm"] == 2 * mm_flops(4, 8, 8)
+
+
+def test_eager_while_loop_and_map_count_every_iteration_and_scan_is_reported():
+    from torch._higher_order_ops.map import map as hop_map
+    from torch._higher_order_ops.scan import scan
+    from torch._higher_order_ops.while_loop import while_loop
+
+    w = torch.randn(8, 8)
+    x = torch.randn(4, 8)
+
+    def body(i, v):
+        return i + 1, v @ w
+
+    loop = lambda: while_loop(lambda i, v: i < 3, body, (torch.tensor(0), x))  # noqa: E731
+    plain = loop()
+    with FlopMode() as mode:
+        counted = loop()
+    assert all(torch.equal(a, b) for a, b in zip(plain, counted))
+    assert mode.by_operator() == {"aten.mm": 3 * mm_flops(4, 8, 8)}  # the int counter and test cost 0
+    assert mode.unsupported_ops() == {}
+
+    xs = torch.randn(5, 4, 8)
+    with FlopMode() as mode:
+        mapped = hop_map(lambda v: v @ w, xs)
+    assert torch.equal(mapped, hop_map(lambda v: v @ w, xs))
+    assert mode.by_operator() == {"aten.mm": 5 * mm_flops(4, 8, 8)}
+
+    # With grad, PyTorch hands an eager control-flow op to a dispatch mode above autograd: under
+    # any mode that passes them through (a no-op one too) the result has no grad_fn. FlopMode
+    # does what such a mode does, and counts the forward.
+    class PassThrough(TorchDispatchMode):
+        supports_higher_order_operators = True
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            return func(*args, **(kwargs or {}))
+
+    weight = w.clone().requires_grad_()
+    with PassThrough():
+        expected = hop_map(lambda v: v @ weight, xs)
+    with FlopMode() as mode:
+        mapped = hop_map(lambda v: v @ weight, xs)
+    assert mapped.requires_grad == expected.requires_grad
+    assert torch.equal(mapped, expected) and mode.by_operator() == {"aten.mm": 5 * mm_flops(4, 8, 8)}
+
+    # scan's eager kernel asserts that no dispatch mode is active: it runs uncounted, and says so
+    with pytest.warns(UserWarning, match=r"not counted.*scan \(1 calls\)"):
+        with FlopMode() as mode:
+            carry, ys = scan(lambda c, v: (c @ w, c.sum(0) * v), x, torch.randn(3, 8))
+    assert mode.unsupported_ops() == {"scan": 1} and mode.total() == 0
 
 
 # -- 3. threads --------------------------------------------------------------------------------
